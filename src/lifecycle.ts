@@ -1,0 +1,88 @@
+/**
+ * The process lifecycle: starting → ready → draining → stopped, with the
+ * timings the contract reports (`app_startup_time_seconds`,
+ * `app_shutdown_time_seconds`).
+ *
+ * Probe semantics follow Kubernetes: liveness (`/healthz`) holds in every
+ * state; readiness (`/readyz`) only in `ready`.
+ *
+ * @module
+ */
+
+/** Where the process is in its life. */
+export type LifecycleState = "starting" | "ready" | "draining" | "stopped";
+
+/** The state machine; transitions only go forward. */
+export class Lifecycle {
+  #state: LifecycleState = "starting";
+  #acceptingUpgrades = true;
+  #startupSeconds: number | undefined;
+  #drainStartedAt: number | undefined;
+  readonly #createdAt = performance.now();
+
+  /** @returns The current state. */
+  get state(): LifecycleState {
+    return this.#state;
+  }
+
+  /**
+   * Whether new WebSocket upgrades are accepted: in `starting` and `ready`,
+   * and during the drain delay so load balancers can catch up.
+   */
+  get acceptingUpgrades(): boolean {
+    return this.#acceptingUpgrades;
+  }
+
+  /** Seconds since this server was created. */
+  get uptimeSeconds(): number {
+    return (performance.now() - this.#createdAt) / 1000;
+  }
+
+  /** Seconds from process start to ready, once ready. */
+  get startupSeconds(): number | undefined {
+    return this.#startupSeconds;
+  }
+
+  /**
+   * Marks the service ready.
+   *
+   * @returns Seconds from process start (the runtime's time origin) to now.
+   */
+  ready(): number {
+    if (this.#state === "starting") {
+      this.#state = "ready";
+      this.#startupSeconds = performance.now() / 1000;
+    }
+    return this.#startupSeconds ?? 0;
+  }
+
+  /**
+   * Starts the drain: readiness fails from now on.
+   *
+   * @returns `false` when a drain had already started.
+   */
+  drain(): boolean {
+    if (this.#state === "draining" || this.#state === "stopped") return false;
+    this.#state = "draining";
+    this.#drainStartedAt = performance.now();
+    return true;
+  }
+
+  /** Refuses new upgrades (after the drain delay). */
+  refuseUpgrades(): void {
+    this.#acceptingUpgrades = false;
+  }
+
+  /** Seconds since the drain started, 0 before it. */
+  get drainSeconds(): number {
+    return this.#drainStartedAt === undefined
+      ? 0
+      : (performance.now() - this.#drainStartedAt) / 1000;
+  }
+
+  /** Marks the process stopped. */
+  stop(): void {
+    this.#state = "stopped";
+    this.#acceptingUpgrades = false;
+  }
+}

@@ -1,0 +1,208 @@
+/**
+ * Logging: JSON Lines on stdout through LogTape, one event per line.
+ *
+ * Every line carries `timestamp` (ISO-8601 UTC), `level` (`debug` …
+ * `critical`), `logger`, `message` and `color`; context such as
+ * `request_id`, `connection_id` and `session_uuid` comes from
+ * `withContext()` or `logger.with()`, and `trace_id`/`span_id` from the
+ * active OpenTelemetry span. Secrets and personal data are redacted by
+ * field name and by pattern (`@logtape/redaction`).
+ *
+ * @module
+ */
+import { AsyncLocalStorage } from "node:async_hooks";
+import {
+  configure,
+  dispose,
+  getLogger,
+  getStreamSink,
+  type Logger,
+  type LogLevel,
+  type LogRecord,
+  type TextFormatter,
+} from "@logtape/logtape";
+import {
+  CREDIT_CARD_NUMBER_PATTERN,
+  EMAIL_ADDRESS_PATTERN,
+  JWT_PATTERN,
+  redactByField,
+  redactByPattern,
+} from "@logtape/redaction";
+import { trace } from "@opentelemetry/api";
+import type { LogFormat, LogLevelName } from "../settings.ts";
+import { stdio } from "../platform.ts";
+
+/** Root category of every sockeye logger. */
+export const ROOT = "sockeye";
+
+/**
+ * Returns a logger under the `sockeye` category.
+ *
+ * @param name Sub-category, e.g. `"ws"` → logger `sockeye.ws`.
+ * @returns A LogTape logger (a no-op until {@link setupLogging} runs).
+ */
+export function logger(name: string): Logger {
+  return getLogger([ROOT, name]);
+}
+
+const TO_CONTRACT: Record<LogLevel, LogLevelName> = {
+  trace: "debug",
+  debug: "debug",
+  info: "info",
+  warning: "warning",
+  error: "error",
+  fatal: "critical",
+};
+
+const FROM_CONTRACT: Record<LogLevelName, LogLevel> = {
+  debug: "debug",
+  info: "info",
+  warning: "warning",
+  error: "error",
+  critical: "fatal",
+};
+
+/** Field names whose values are replaced by `[REDACTED]`. */
+export const REDACTED_FIELDS: RegExp[] = [
+  /pass(?:word|phrase|code)?$/i,
+  /secret/i,
+  /token/i,
+  /^authorization$/i,
+  /api_?key/i,
+  /cookie/i,
+  /e_?mail/i,
+  /card/i,
+];
+
+function plain(value: unknown): unknown {
+  if (value instanceof Error) {
+    return { type: value.name, message: value.message };
+  }
+  return value;
+}
+
+/**
+ * Builds the JSON Lines formatter.
+ *
+ * @param color Deployment color stamped on every line.
+ * @returns A LogTape text formatter producing one JSON object and `\n`.
+ */
+export function jsonFormatter(color: string): TextFormatter {
+  return (record: LogRecord): string => {
+    const line: Record<string, unknown> = {
+      timestamp: new Date(record.timestamp).toISOString(),
+      level: TO_CONTRACT[record.level],
+      logger: record.category.join("."),
+      message: renderMessage(record),
+      color,
+    };
+    addTraceContext(line, record);
+    for (const key in record.properties) {
+      if (!(key in line)) line[key] = plain(record.properties[key]);
+    }
+    return JSON.stringify(line) + "\n";
+  };
+}
+
+/**
+ * Builds the human-readable formatter for `LOG_FORMAT=pretty`.
+ *
+ * @param color Deployment color shown on every line.
+ * @returns A formatter writing `time LEVEL logger message key=value …`.
+ */
+export function prettyFormatter(color: string): TextFormatter {
+  return (record: LogRecord): string => {
+    const time = new Date(record.timestamp).toISOString().slice(11, 23);
+    const level = TO_CONTRACT[record.level].toUpperCase().padEnd(8);
+    const fields = Object.entries(record.properties)
+      .map(([k, v]) => `${k}=${JSON.stringify(plain(v))}`).join(" ");
+    return `${time} ${level} [${color}] ${record.category.join(".")} ${
+      renderMessage(record)
+    }${fields ? " " + fields : ""}\n`;
+  };
+}
+
+function renderMessage(record: LogRecord): string {
+  let out = "";
+  for (let i = 0; i < record.message.length; i++) {
+    const part = record.message[i];
+    out += i % 2 === 0 || typeof part === "string"
+      ? String(part)
+      : JSON.stringify(plain(part));
+  }
+  return out;
+}
+
+function addTraceContext(
+  line: Record<string, unknown>,
+  record: LogRecord,
+): void {
+  if (record.properties.trace_id !== undefined) return;
+  const span = trace.getActiveSpan();
+  if (span === undefined) return;
+  const ctx = span.spanContext();
+  if (ctx.traceId === "00000000000000000000000000000000") return;
+  line.trace_id = ctx.traceId;
+  line.span_id = ctx.spanId;
+}
+
+/** Options for {@link setupLogging}. */
+export interface LoggingOptions {
+  /** Lowest level written. */
+  readonly level: LogLevelName;
+  /** `json` (default) or `pretty`. */
+  readonly format: LogFormat;
+  /** Deployment color stamped on every line. */
+  readonly color: string;
+  /** Where lines go; stdout by default. */
+  readonly stream?: WritableStream<Uint8Array>;
+}
+
+/**
+ * Configures LogTape once for the process: redacting stdout sink, level,
+ * implicit context through `AsyncLocalStorage`.
+ *
+ * @param options Level, format and color.
+ * @returns Resolves once logging is configured.
+ */
+export async function setupLogging(options: LoggingOptions): Promise<void> {
+  const base = options.format === "pretty"
+    ? prettyFormatter(options.color)
+    : jsonFormatter(options.color);
+  const formatter = redactByPattern(base, [
+    EMAIL_ADDRESS_PATTERN,
+    CREDIT_CARD_NUMBER_PATTERN,
+    JWT_PATTERN,
+  ]);
+  const sink = redactByField(
+    getStreamSink(options.stream ?? stdio.stdout, { formatter }),
+    { fieldPatterns: REDACTED_FIELDS, action: () => "[REDACTED]" },
+  );
+  await configure({
+    reset: true,
+    contextLocalStorage: new AsyncLocalStorage(),
+    sinks: { stdout: sink },
+    loggers: [
+      {
+        category: [ROOT],
+        sinks: ["stdout"],
+        lowestLevel: FROM_CONTRACT[options.level],
+      },
+      // LogTape reports its own sink errors here; keep them visible.
+      {
+        category: ["logtape", "meta"],
+        sinks: ["stdout"],
+        lowestLevel: "warning",
+      },
+    ],
+  });
+}
+
+/**
+ * Flushes and closes the log sink; call once before the process exits.
+ *
+ * @returns Resolves when every pending line is written.
+ */
+export async function flushLogging(): Promise<void> {
+  await dispose();
+}

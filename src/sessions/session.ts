@@ -1,0 +1,312 @@
+/**
+ * One WebSocket connection: text frame → store → `{"count": n}`, and the
+ * RFC 6455 close codes for bad input.
+ *
+ * This is the hot path. Per frame it does a type check, a length check, the
+ * store increment and one `send`; figures go to plain counters in
+ * {@link FrameStats}. It logs nothing above debug and awaits only a store
+ * that answers with a promise.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import type { FrameStats, Metrics } from "../observability/metrics.ts";
+import { IDLE_CLOSE_REASON } from "../platform.ts";
+import { countFrame, sessionFrame, UNAVAILABLE_FRAME } from "./frames.ts";
+import { type SessionHandle, StoreUnavailableError } from "./store.ts";
+
+/** RFC 6455 §7.4.1 close codes the service sends. */
+export const CloseCode = {
+  /** 1000: normal closure. */
+  normal: 1000,
+  /** 1001: going away (drain, idle timeout). */
+  goingAway: 1001,
+  /** 1003: unsupported data (binary frame). */
+  unsupportedData: 1003,
+  /** 1008: policy violation (rate limit, slow consumer). */
+  policyViolation: 1008,
+  /** 1009: message too big. */
+  messageTooBig: 1009,
+  /** 1011: internal error. */
+  internalError: 1011,
+} as const;
+
+/** Close codes kept as their own `code` label; others count as `other`. */
+const KNOWN_CODES = new Set([
+  1000,
+  1001,
+  1002,
+  1003,
+  1005,
+  1006,
+  1007,
+  1008,
+  1009,
+  1010,
+  1011,
+  1012,
+  1013,
+  1014,
+  1015,
+]);
+
+/** Limits applied to every frame. */
+export interface FrameLimits {
+  /** Largest text frame in UTF-8 bytes. */
+  readonly maxMessageBytes: number;
+  /** Frames per second per socket; 0 is off. */
+  readonly rateLimitPerS: number;
+}
+
+/** What a connection needs from the hub that owns it. */
+export interface ConnectionOwner {
+  /** Called once when the socket has closed. */
+  closed(conn: Connection): void;
+}
+
+/** Per-connection facts, for logs. */
+export interface ConnectionInfo {
+  /** The client's address. */
+  readonly remoteAddr: string;
+  /** The client's `User-Agent`. */
+  readonly userAgent: string;
+  /** The upgrade request's id. */
+  readonly requestId: string;
+  /** Whether the client asked for the `sockeye.v1` subprotocol. */
+  readonly wantsSessionFrame: boolean;
+}
+
+/** A token bucket holding one second's worth of frames. */
+class RateLimiter {
+  #tokens: number;
+  #last = performance.now();
+  readonly #perMs: number;
+  readonly #capacity: number;
+
+  constructor(perS: number) {
+    this.#capacity = Math.max(1, perS);
+    this.#tokens = this.#capacity;
+    this.#perMs = perS / 1000;
+  }
+
+  take(): boolean {
+    const now = performance.now();
+    this.#tokens = Math.min(
+      this.#capacity,
+      this.#tokens + (now - this.#last) * this.#perMs,
+    );
+    this.#last = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens--;
+    return true;
+  }
+}
+
+/**
+ * UTF-8 length of a string without encoding it.
+ *
+ * @param s Any string.
+ * @returns Its size in bytes as UTF-8.
+ */
+export function utf8Length(s: string): number {
+  let bytes = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) continue;
+    if (c < 0x800) bytes += 1;
+    else if (c >= 0xd800 && c <= 0xdbff) i++, bytes += 2; // pair: 4 bytes for 2 units
+    else bytes += 2;
+  }
+  return bytes;
+}
+
+/** One accepted WebSocket and its session. */
+export class Connection {
+  /** Random id naming this connection in logs. */
+  readonly id: string = crypto.randomUUID();
+  /** The server side of the socket. */
+  readonly socket: WebSocket;
+  /** The session this connection counts for. */
+  readonly session: SessionHandle;
+  /** Logger carrying connection_id, session_uuid, remote_addr, user_agent. */
+  readonly log: Logger;
+  /** Text frames received on this connection. */
+  messages = 0;
+  /** Set once the server has started closing; later frames are ignored. */
+  closing = false;
+  readonly #openedAt = performance.now();
+  readonly #metrics: Metrics;
+  #done = false;
+
+  /**
+   * Wires the socket's events. The socket may still be connecting.
+   *
+   * @param socket From `Deno.upgradeWebSocket`.
+   * @param session The attached session.
+   * @param owner The hub, told when the socket closes.
+   * @param deps Metrics, limits and the parent logger.
+   * @param info Client facts for logs.
+   */
+  constructor(
+    socket: WebSocket,
+    session: SessionHandle,
+    owner: ConnectionOwner,
+    deps: { metrics: Metrics; limits: FrameLimits; log: Logger },
+    info: ConnectionInfo,
+  ) {
+    this.socket = socket;
+    this.session = session;
+    this.log = deps.log.with({
+      connection_id: this.id,
+      session_uuid: session.id,
+      request_id: info.requestId,
+      remote_addr: info.remoteAddr,
+      user_agent: info.userAgent,
+    });
+    const metrics = this.#metrics = deps.metrics;
+    const frames: FrameStats = metrics.frames;
+    const maxBytes = deps.limits.maxMessageBytes;
+    // Strings up to a third of the limit in UTF-16 units cannot exceed it.
+    const safeLength = Math.floor(maxBytes / 3);
+    const limiter = deps.limits.rateLimitPerS > 0
+      ? new RateLimiter(deps.limits.rateLimitPerS)
+      : undefined;
+
+    socket.onopen = () => {
+      this.log.info("WebSocket connected", {
+        resumed: session.resumed,
+        count: session.initialCount,
+      });
+      if (info.wantsSessionFrame) {
+        socket.send(
+          sessionFrame(session.id, session.initialCount, session.resumed),
+        );
+      }
+    };
+
+    const reply = (count: number, start: number) => {
+      if (this.closing) return;
+      socket.send(countFrame(count));
+      frames.sent++;
+      frames.observe((performance.now() - start) / 1000);
+    };
+    const failed = (error: unknown) => {
+      if (error instanceof StoreUnavailableError) {
+        metrics.error("store_unavailable");
+        if (!this.closing) {
+          socket.send(UNAVAILABLE_FRAME);
+          frames.sent++;
+        }
+        return;
+      }
+      this.log.error("Cannot count frame: {error}", { error });
+      this.reject(CloseCode.internalError, "internal", "internal error");
+    };
+
+    socket.onmessage = (event: MessageEvent) => {
+      if (this.closing) return;
+      const data = event.data;
+      if (typeof data !== "string") {
+        return this.reject(
+          CloseCode.unsupportedData,
+          "binary_frame",
+          "binary frames are not supported",
+        );
+      }
+      if (data.length > safeLength && utf8Length(data) > maxBytes) {
+        return this.reject(
+          CloseCode.messageTooBig,
+          "message_too_big",
+          `message over ${maxBytes} bytes`,
+        );
+      }
+      if (limiter !== undefined && !limiter.take()) {
+        return this.reject(
+          CloseCode.policyViolation,
+          "rate_limited",
+          "rate limit exceeded",
+        );
+      }
+      const start = performance.now();
+      frames.received++;
+      this.messages++;
+      let count: number | Promise<number>;
+      try {
+        count = session.increment();
+      } catch (error) {
+        return failed(error);
+      }
+      if (typeof count === "number") reply(count, start);
+      else count.then((n) => reply(n, start), failed);
+    };
+
+    socket.onerror = (event) => {
+      this.log.debug("WebSocket error: {message}", {
+        message: (event as ErrorEvent).message,
+      });
+    };
+
+    socket.onclose = (event: CloseEvent) => {
+      // Deno can fire close twice (idle timeout); count once.
+      if (this.#done) return;
+      this.#done = true;
+      this.closing = true;
+      session.release();
+      const code = event.code;
+      metrics.disconnects.labels(KNOWN_CODES.has(code) ? String(code) : "other")
+        .inc();
+      if (event.reason === IDLE_CLOSE_REASON) {
+        metrics.error("idle_timeout");
+        this.log.warning("WebSocket dropped: no pong within the idle timeout", {
+          close_code: code,
+        });
+      }
+      this.log.info("WebSocket disconnected", {
+        close_code: code,
+        close_reason: event.reason,
+        duration_ms: Math.round(performance.now() - this.#openedAt),
+        messages: this.messages,
+      });
+      owner.closed(this);
+    };
+  }
+
+  /** @returns Whether the socket is open. */
+  get open(): boolean {
+    return this.socket.readyState === WebSocket.OPEN;
+  }
+
+  /**
+   * Closes the socket for bad input: counts the cause, logs it once.
+   *
+   * @param code RFC 6455 close code.
+   * @param errorType `websocket_errors_total` label.
+   * @param reason Close reason sent to the client (at most 123 bytes).
+   */
+  reject(code: number, errorType: string, reason: string): void {
+    if (this.closing) return;
+    this.closing = true;
+    this.#metrics.error(errorType);
+    this.log.warning("Closing WebSocket: {reason}", {
+      reason,
+      close_code: code,
+      error_type: errorType,
+    });
+    this.close(code, reason);
+  }
+
+  /**
+   * Starts the close handshake; safe to call on a closed socket.
+   *
+   * @param code RFC 6455 close code.
+   * @param reason Close reason (at most 123 bytes).
+   */
+  close(code: number, reason: string): void {
+    this.closing = true;
+    try {
+      this.socket.close(code, reason);
+    } catch {
+      // Already closed or never opened: nothing to close.
+    }
+  }
+}

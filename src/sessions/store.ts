@@ -1,0 +1,68 @@
+/**
+ * The session store interface: where each session's count lives.
+ *
+ * `memory_store.ts` keeps counts in this process (the default);
+ * `redis_store.ts` keeps them in Redis so any instance can resume them.
+ *
+ * @module
+ */
+
+/** One connection's hold on a session. */
+export interface SessionHandle {
+  /** The session id. */
+  readonly id: string;
+  /** The count when the connection attached. */
+  readonly initialCount: number;
+  /** Whether the session existed before this connection. */
+  readonly resumed: boolean;
+  /**
+   * Counts one text frame. The memory store answers synchronously so the
+   * hot path never awaits; stores over the network answer with a promise.
+   *
+   * @returns The new count, durable once returned.
+   * @throws {StoreUnavailableError} When the count cannot be stored durably.
+   */
+  increment(): number | Promise<number>;
+  /**
+   * @returns The session's durable count now.
+   * @throws {StoreUnavailableError} When the store cannot answer.
+   */
+  total(): number | Promise<number>;
+  /** Ends this connection's hold; the session's TTL runs from now. */
+  release(): void;
+}
+
+/** Where sessions live. */
+export interface SessionStore {
+  /** `memory` or `redis`, reported by `/status` and `/readyz`. */
+  readonly kind: "memory" | "redis";
+  /**
+   * Attaches a connection to a session, creating it when missing or expired.
+   *
+   * @param id A session id matching `^[A-Za-z0-9_-]{1,64}$`.
+   * @returns The connection's handle.
+   * @throws {StoreUnavailableError} When the store cannot answer.
+   */
+  attach(id: string): SessionHandle | Promise<SessionHandle>;
+  /**
+   * Readiness check.
+   *
+   * @returns Resolves when the store answers.
+   * @throws {StoreUnavailableError} Naming what failed.
+   */
+  check(): Promise<void>;
+  /** Releases timers and connections; the store is unusable afterwards. */
+  close(): Promise<void>;
+}
+
+/** The store cannot answer now; the client may retry. */
+export class StoreUnavailableError extends Error {
+  /**
+   * @param message What failed, e.g. `Redis did not answer within 500 ms`.
+   * @param options The underlying error as `cause`.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "StoreUnavailableError";
+  }
+}
