@@ -67,10 +67,10 @@ export async function startServer(settings: Settings): Promise<Server> {
   const log = logger("server");
   const lifecycle = new Lifecycle();
   const store = await createStore(settings);
-  const metrics = new Metrics(settings.color, {
-    activeConnections: () => hub.size,
+  const metrics: Metrics = new Metrics(settings.color, {
+    activeConnections: (): number => hub.size,
   });
-  const hub = new Hub(
+  const hub: Hub = new Hub(
     {
       heartbeatIntervalS: settings.heartbeatIntervalS,
       limits: settings,
