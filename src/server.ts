@@ -78,6 +78,7 @@ export async function startServer(settings: Settings): Promise<Server> {
     metrics,
     logger("ws"),
   );
+  metrics.dependencyUp.labels(store.kind).set(1);
   const app = createApp({ settings, lifecycle, metrics, hub, store });
 
   let http: HttpServer;

@@ -47,6 +47,29 @@ export const MESSAGE_DURATION_BUCKETS: readonly number[] = [
   1,
 ];
 
+/**
+ * Every `error_type` of `websocket_errors_total`, each exported from the
+ * start at 0 so `rate()` and alerts see the series before the first error.
+ */
+export const ERROR_TYPES: readonly string[] = [
+  "binary_frame", // 1003
+  "message_too_big", // 1009
+  "rate_limited", // 1008
+  "slow_consumer", // 1008
+  "internal", // 1011
+  "idle_timeout", // 1001 after a missed pong
+  "store_unavailable", // frame answered {"error": "unavailable"} or upgrade 503
+  "invalid_session_id", // HTTP 400
+  "bad_upgrade", // HTTP 400
+  "origin_not_allowed", // HTTP 403
+  "upgrade_required", // HTTP 426
+  "max_connections", // HTTP 503
+  "draining", // HTTP 503
+];
+
+/** Close codes exported from the start at 0. */
+const COMMON_CLOSE_CODES = ["1000", "1001", "1006"];
+
 /** Upper bounds in seconds of `http_request_duration_seconds`. */
 export const HTTP_DURATION_BUCKETS: readonly number[] = [
   0.001,
@@ -205,12 +228,14 @@ export class Metrics {
       labelNames: ["error_type"],
       registers,
     });
+    for (const type of ERROR_TYPES) this.errors.labels(type).inc(0);
     this.disconnects = new Counter({
       name: "websocket_disconnects_total",
       help: "WebSocket closes, by RFC 6455 close code.",
       labelNames: ["code"],
       registers,
     });
+    for (const code of COMMON_CLOSE_CODES) this.disconnects.labels(code).inc(0);
     this.resumes = new Counter({
       name: "websocket_session_resumes_total",
       help: "Connections that continued an existing session's count.",

@@ -136,6 +136,7 @@ export class Connection {
   closing = false;
   readonly #openedAt = performance.now();
   readonly #metrics: Metrics;
+  #sentCode: number | undefined;
   #done = false;
 
   /**
@@ -252,7 +253,9 @@ export class Connection {
       this.#done = true;
       this.closing = true;
       session.release();
-      const code = event.code;
+      // The code this server sent wins; Deno reports 0 for a connection that
+      // ended without a close frame, which RFC 6455 §7.1.5 calls 1006.
+      const code = this.#sentCode ?? (event.code === 0 ? 1006 : event.code);
       metrics.disconnects.labels(KNOWN_CODES.has(code) ? String(code) : "other")
         .inc();
       if (event.reason === IDLE_CLOSE_REASON) {
@@ -303,6 +306,7 @@ export class Connection {
    */
   close(code: number, reason: string): void {
     this.closing = true;
+    this.#sentCode ??= code;
     try {
       this.socket.close(code, reason);
     } catch {

@@ -1,0 +1,493 @@
+/**
+ * Test helpers: real servers (in-process on port 0, or as a subprocess),
+ * real WebSocket clients, a raw RFC 6455 client for what browsers cannot
+ * do, and waits on conditions instead of sleeps.
+ *
+ * @module
+ */
+import { parseSettings } from "../src/settings.ts";
+import { type Server, startServer } from "../src/server.ts";
+
+/** Repository root, for spawning `main.ts`. */
+export const ROOT: string = new URL("..", import.meta.url).pathname;
+
+/** The `deno` executable running these tests. */
+export const DENO: string = Deno.execPath();
+
+/** Upper bound for any single wait in a test, in ms. */
+export const WAIT_MS = 10_000;
+
+/**
+ * Rejects when `promise` does not settle within `ms`.
+ *
+ * @param promise What to wait for.
+ * @param what Names the condition in the error.
+ * @param ms Upper bound in milliseconds.
+ */
+export async function within<T>(
+  promise: Promise<T>,
+  what: string,
+  ms = WAIT_MS,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`Timed out after ${ms} ms waiting for ${what}`)),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Polls `check` until it returns a truthy value.
+ *
+ * @param check Evaluated every `intervalMs`.
+ * @param what Names the condition in the error.
+ * @returns The first truthy value.
+ */
+export async function until<T>(
+  check: () => T | Promise<T>,
+  what: string,
+  { timeoutMs = WAIT_MS, intervalMs = 20 } = {},
+): Promise<NonNullable<T>> {
+  const deadline = performance.now() + timeoutMs;
+  while (true) {
+    const value = await check();
+    if (value) return value as NonNullable<T>;
+    if (performance.now() > deadline) {
+      throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** An in-process sockeye server on a free loopback port. */
+export interface TestServer extends AsyncDisposable {
+  readonly server: Server;
+  readonly port: number;
+  /** `http://127.0.0.1:port` + path. */
+  http(path: string): string;
+  /** `ws://127.0.0.1:port` + path. */
+  ws(path?: string): string;
+  /** GET /metrics as text. */
+  metrics(): Promise<string>;
+}
+
+/**
+ * Starts sockeye in this process.
+ *
+ * @param env Settings as environment variables; PORT and HOST default to a free loopback port.
+ * @returns The server; `await using` drains it at scope end.
+ */
+export async function startTestServer(
+  env: Record<string, string> = {},
+): Promise<TestServer> {
+  const settings = parseSettings({ PORT: "0", HOST: "127.0.0.1", ...env });
+  const server = await startServer(settings);
+  const base = `127.0.0.1:${server.port}`;
+  return {
+    server,
+    port: server.port,
+    http: (path) => `http://${base}${path}`,
+    ws: (path = "/ws/chat/") => `ws://${base}${path}`,
+    async metrics() {
+      const res = await fetch(`http://${base}/metrics`);
+      return await res.text();
+    },
+    async [Symbol.asyncDispose]() {
+      await server.drain("test end");
+    },
+  };
+}
+
+/** A WebSocket client that queues frames for `next()`. */
+export class TestClient implements AsyncDisposable {
+  readonly ws: WebSocket;
+  readonly opened: Promise<void>;
+  readonly closed: Promise<CloseEvent>;
+  /** Every text frame received, heartbeats included. */
+  readonly received: string[] = [];
+  #queue: string[] = [];
+  #waiter: (() => void) | undefined;
+
+  /**
+   * @param url WebSocket URL.
+   * @param protocols Subprotocols to ask for.
+   */
+  constructor(url: string, protocols?: string | string[]) {
+    this.ws = new WebSocket(url, protocols);
+    const opened = Promise.withResolvers<void>();
+    const closed = Promise.withResolvers<CloseEvent>();
+    this.opened = opened.promise;
+    this.closed = closed.promise;
+    this.ws.onopen = () => opened.resolve();
+    this.ws.onerror = () =>
+      opened.reject(new Error(`WebSocket to ${url} failed`));
+    this.ws.onclose = (e) => {
+      closed.resolve(e);
+      this.#waiter?.();
+    };
+    this.ws.onmessage = (e) => {
+      const text = typeof e.data === "string" ? e.data : "<binary>";
+      this.received.push(text);
+      this.#queue.push(text);
+      this.#waiter?.();
+    };
+    this.opened.catch(() => {});
+  }
+
+  /**
+   * Opens a client and waits for the handshake.
+   *
+   * @param url WebSocket URL.
+   * @param protocols Subprotocols to ask for.
+   */
+  static async open(
+    url: string,
+    protocols?: string | string[],
+  ): Promise<TestClient> {
+    const client = new TestClient(url, protocols);
+    await within(client.opened, `open ${url}`);
+    return client;
+  }
+
+  /**
+   * The next text frame.
+   *
+   * @param heartbeats Also return `{"ts": ...}` frames.
+   * @throws When the socket closes first or nothing arrives in time.
+   */
+  async next(heartbeats = false): Promise<string> {
+    const deadline = performance.now() + WAIT_MS;
+    while (true) {
+      while (this.#queue.length > 0) {
+        const frame = this.#queue.shift()!;
+        if (heartbeats || !frame.startsWith('{"ts": ')) return frame;
+      }
+      if (this.ws.readyState === WebSocket.CLOSED) {
+        throw new Error("Socket closed while waiting for a frame");
+      }
+      const arrived = new Promise<void>((r) => this.#waiter = r);
+      await within(arrived, "a frame", deadline - performance.now());
+    }
+  }
+
+  /**
+   * Sends text and returns the next non-heartbeat frame.
+   *
+   * @param text Frame to send.
+   */
+  async ask(text: string): Promise<string> {
+    this.ws.send(text);
+    return await this.next();
+  }
+
+  /** Closes with 1000 and waits for the close handshake. */
+  async close(): Promise<CloseEvent> {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
+    return await within(this.closed, "close handshake");
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.ws.readyState === WebSocket.CONNECTING) {
+      await this.opened.catch(() => {});
+    }
+    await this.close();
+  }
+}
+
+/** The answer to a raw upgrade request. */
+export interface RawUpgrade extends Disposable {
+  readonly status: number;
+  /** Lower-case header names. */
+  readonly headers: Record<string, string>;
+  readonly conn: Deno.Conn;
+  /**
+   * Sends one masked text frame (payload under 126 bytes), as RFC 6455 §5.3
+   * requires of clients.
+   */
+  sendText(text: string): Promise<number>;
+  /**
+   * Reads frames until a close frame arrives, answering nothing (no pongs).
+   *
+   * @returns The close code and the opcodes seen before it.
+   */
+  readUntilClose(): Promise<{ code: number; opcodes: number[] }>;
+}
+
+/**
+ * Sends a hand-written HTTP/1.1 upgrade request, to read the 101's headers
+ * and to play a client that never answers pings.
+ *
+ * @param port Server port on 127.0.0.1.
+ * @param path Request target, e.g. `/ws/chat/?session_uuid=abc`.
+ * @param headers Extra request headers.
+ */
+export async function rawUpgrade(
+  port: number,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<RawUpgrade> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const lines = [
+    `GET ${path} HTTP/1.1`,
+    `Host: 127.0.0.1:${port}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+  ];
+  await conn.write(new TextEncoder().encode(lines.join("\r\n") + "\r\n\r\n"));
+  let buffer = new Uint8Array(0);
+  const read = async () => {
+    const chunk = new Uint8Array(16384);
+    const n = await conn.read(chunk);
+    if (n === null) return false;
+    const next = new Uint8Array(buffer.length + n);
+    next.set(buffer);
+    next.set(chunk.subarray(0, n), buffer.length);
+    buffer = next;
+    return true;
+  };
+  let end = -1;
+  while (end < 0) {
+    if (!await within(read(), "upgrade response")) break;
+    end = new TextDecoder().decode(buffer).indexOf("\r\n\r\n");
+  }
+  const head = new TextDecoder().decode(buffer.subarray(0, end));
+  buffer = buffer.slice(end + 4);
+  const [statusLine = "", ...headerLines] = head.split("\r\n");
+  const parsed: Record<string, string> = {};
+  for (const line of headerLines) {
+    const i = line.indexOf(":");
+    parsed[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+  }
+  return {
+    status: Number(statusLine.split(" ")[1]),
+    headers: parsed,
+    conn,
+    sendText(text: string) {
+      const payload = new TextEncoder().encode(text);
+      const mask = crypto.getRandomValues(new Uint8Array(4));
+      const frame = new Uint8Array(6 + payload.length);
+      frame[0] = 0x81;
+      frame[1] = 0x80 | payload.length;
+      frame.set(mask, 2);
+      payload.forEach((b, i) => frame[6 + i] = b ^ mask[i % 4]!);
+      return conn.write(frame);
+    },
+    async readUntilClose() {
+      const opcodes: number[] = [];
+      while (true) {
+        while (buffer.length >= 2) {
+          const opcode = buffer[0]! & 0x0f;
+          let len = buffer[1]! & 0x7f;
+          let off = 2;
+          if (len === 126) {
+            len = (buffer[2]! << 8) | buffer[3]!;
+            off = 4;
+          }
+          if (buffer.length < off + len) break;
+          const payload = buffer.subarray(off, off + len);
+          buffer = buffer.slice(off + len);
+          if (opcode === 0x8) {
+            return { code: (payload[0]! << 8) | payload[1]!, opcodes };
+          }
+          opcodes.push(opcode);
+        }
+        if (!await within(read(), "a frame")) {
+          throw new Error("Connection ended without a close frame");
+        }
+      }
+    },
+    [Symbol.dispose]() {
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+    },
+  };
+}
+
+/** A sockeye subprocess whose stdout lines are collected. */
+export interface ServerProcess extends AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  readonly port: number;
+  /** Every stdout line so far. */
+  readonly lines: string[];
+  /** Everything written to stderr so far. */
+  stderr(): string;
+  /** Waits for a stdout line matching `predicate`. */
+  waitForLine(
+    predicate: (line: Record<string, unknown>) => boolean,
+    what: string,
+  ): Promise<Record<string, unknown>>;
+  /** Resolves with the exit status once the process ends. */
+  readonly status: Promise<Deno.CommandStatus>;
+}
+
+/**
+ * Runs `main.ts serve` as a subprocess on a free port and waits until it
+ * logs that it is ready.
+ *
+ * @param env Settings; PORT defaults to 0 (the ready line names the port).
+ */
+export async function spawnServer(
+  env: Record<string, string> = {},
+): Promise<ServerProcess> {
+  const child = new Deno.Command(DENO, {
+    args: ["run", "-A", `${ROOT}main.ts`, "serve"],
+    env: { PORT: "0", HOST: "127.0.0.1", NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  const lines: string[] = [];
+  let stderrText = "";
+  let notify: (() => void) | undefined;
+  const pump = (async () => {
+    let rest = "";
+    for await (
+      const chunk of child.stdout.pipeThrough(new TextDecoderStream())
+    ) {
+      rest += chunk;
+      let nl;
+      while ((nl = rest.indexOf("\n")) >= 0) {
+        lines.push(rest.slice(0, nl));
+        rest = rest.slice(nl + 1);
+      }
+      notify?.();
+    }
+    if (rest) lines.push(rest);
+    notify?.();
+  })();
+  const errPump = (async () => {
+    for await (
+      const chunk of child.stderr.pipeThrough(new TextDecoderStream())
+    ) stderrText += chunk;
+  })();
+  const status = (async () => {
+    const s = await child.status;
+    await pump;
+    await errPump;
+    notify?.();
+    return s;
+  })();
+  let exited = false;
+  status.then(() => exited = true);
+
+  const waitForLine = async (
+    predicate: (line: Record<string, unknown>) => boolean,
+    what: string,
+  ) => {
+    let seen = 0;
+    const deadline = performance.now() + WAIT_MS;
+    while (true) {
+      for (; seen < lines.length; seen++) {
+        try {
+          const parsed = JSON.parse(lines[seen]!);
+          if (predicate(parsed)) return parsed;
+        } catch { /* not JSON: the log test reports it */ }
+      }
+      if (exited) {
+        throw new Error(
+          `Server exited before logging ${what}; stderr: ${stderrText}`,
+        );
+      }
+      await within(
+        new Promise<void>((r) => notify = r),
+        what,
+        Math.max(1, deadline - performance.now()),
+      );
+    }
+  };
+
+  let ready;
+  try {
+    ready = await waitForLine(
+      (l) => typeof l.startup_seconds === "number",
+      "the ready line",
+    );
+  } catch (error) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    await status;
+    throw error;
+  }
+  return {
+    child,
+    port: ready.port as number,
+    lines,
+    stderr: () => stderrText,
+    waitForLine,
+    status,
+    async [Symbol.asyncDispose]() {
+      if (!exited) {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* gone */ }
+      }
+      await status;
+    },
+  };
+}
+
+/**
+ * Parses Prometheus text exposition into samples and `# TYPE` lines.
+ *
+ * @param text `/metrics` body.
+ * @returns Types by metric family, and samples as name → list of labels and value.
+ */
+export function parseMetrics(text: string): {
+  types: Map<string, string>;
+  samples: Array<
+    { name: string; labels: Record<string, string>; value: number }
+  >;
+} {
+  const types = new Map<string, string>();
+  const samples: Array<
+    { name: string; labels: Record<string, string>; value: number }
+  > = [];
+  for (const line of text.split("\n")) {
+    if (line.startsWith("# TYPE ")) {
+      const [, , name, type] = line.split(" ");
+      types.set(name!, type!);
+      continue;
+    }
+    if (line === "" || line.startsWith("#")) continue;
+    const m = line.match(/^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)/);
+    if (!m) throw new Error(`Unparseable metrics line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const pair of (m[3] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
+      labels[pair[1]!] = pair[2]!;
+    }
+    samples.push({ name: m[1]!, labels, value: Number(m[4]) });
+  }
+  return { types, samples };
+}
+
+/**
+ * Sums the samples of one metric whose labels include `match`.
+ *
+ * @param text `/metrics` body.
+ * @param name Sample name, e.g. `websocket_errors_total`.
+ * @param match Labels that must be present with these values.
+ */
+export function metricValue(
+  text: string,
+  name: string,
+  match: Record<string, string> = {},
+): number {
+  return parseMetrics(text).samples
+    .filter((s) =>
+      s.name === name &&
+      Object.entries(match).every(([k, v]) => s.labels[k] === v)
+    )
+    .reduce((sum, s) => sum + s.value, 0);
+}
