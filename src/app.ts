@@ -115,6 +115,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
           message: error.message,
           status: error.status,
           error_type: error.errorType,
+          ...(error.cause === undefined ? {} : { error: error.cause }),
           remote_addr: c.env?.remoteAddr,
           user_agent: c.req.header("User-Agent"),
         });
@@ -240,7 +241,12 @@ export function createApp(deps: AppDeps): Hono<Env> {
     try {
       session = await store.attach(sessionId);
     } catch (error) {
-      if (!(error instanceof StoreUnavailableError)) throw error;
+      if (!(error instanceof StoreUnavailableError)) {
+        throw new HttpError(500, "Cannot open the session", {
+          errorType: "internal",
+          cause: error,
+        });
+      }
       throw new HttpError(503, "Session store unavailable", {
         errorType: "store_unavailable",
         headers: { "Retry-After": "1" },

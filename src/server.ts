@@ -13,6 +13,7 @@ import { type HttpServer, serve } from "./platform.ts";
 import type { Settings } from "./settings.ts";
 import { type DrainResult, Hub } from "./sessions/hub.ts";
 import { MemorySessionStore } from "./sessions/memory_store.ts";
+import { RedisSessionStore } from "./sessions/redis_store.ts";
 import type { SessionStore } from "./sessions/store.ts";
 
 /** What a finished drain reports. */
@@ -50,10 +51,26 @@ export interface Server {
  * Creates the session store the settings ask for.
  *
  * @param settings Parsed settings.
- * @returns A memory store, or a Redis store when `REDIS_URL` is set.
+ * @param metrics Where the store's availability goes (`app_dependency_up`).
+ * @returns A memory store, or a Redis store when `REDIS_URL` is set; the
+ *   Redis store connects in the background.
  */
-export function createStore(settings: Settings): Promise<SessionStore> {
-  return Promise.resolve(new MemorySessionStore(settings.sessionTtlS));
+export function createStore(
+  settings: Settings,
+  metrics: Metrics,
+): SessionStore {
+  if (settings.redisUrl === undefined) {
+    metrics.dependencyUp.labels("memory").set(1);
+    return new MemorySessionStore(settings.sessionTtlS);
+  }
+  const up = metrics.dependencyUp.labels("redis");
+  up.set(0);
+  return new RedisSessionStore(
+    settings.redisUrl,
+    settings.sessionTtlS,
+    logger("redis"),
+    { onAvailability: (available) => up.set(available ? 1 : 0) },
+  );
 }
 
 /**
@@ -66,10 +83,10 @@ export function createStore(settings: Settings): Promise<SessionStore> {
 export async function startServer(settings: Settings): Promise<Server> {
   const log = logger("server");
   const lifecycle = new Lifecycle();
-  const store = await createStore(settings);
   const metrics: Metrics = new Metrics(settings.color, {
     activeConnections: (): number => hub.size,
   });
+  const store = createStore(settings, metrics);
   const hub: Hub = new Hub(
     {
       heartbeatIntervalS: settings.heartbeatIntervalS,
@@ -78,7 +95,6 @@ export async function startServer(settings: Settings): Promise<Server> {
     metrics,
     logger("ws"),
   );
-  metrics.dependencyUp.labels(store.kind).set(1);
   const app = createApp({ settings, lifecycle, metrics, hub, store });
 
   let http: HttpServer;

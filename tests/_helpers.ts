@@ -491,3 +491,84 @@ export function metricValue(
     )
     .reduce((sum, s) => sum + s.value, 0);
 }
+
+/** A redis-server of the test's own, on a free loopback port. */
+export interface TestRedis extends AsyncDisposable {
+  readonly port: number;
+  readonly url: string;
+  /** Kills the server with SIGKILL (its append-only file keeps acknowledged writes). */
+  kill(): Promise<void>;
+  /** Starts it again on the same port and data folder. */
+  restart(): Promise<void>;
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+async function waitForPort(port: number): Promise<void> {
+  await until(async () => {
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      conn.close();
+      return true;
+    } catch {
+      return false;
+    }
+  }, `a listener on port ${port}`);
+}
+
+/**
+ * Starts `redis-server` (from Debian's redis-server package) with its data
+ * in a temporary folder and `appendfsync always`, so a kill loses nothing
+ * that was acknowledged.
+ */
+export async function startRedis(): Promise<TestRedis> {
+  const port = freePort();
+  const dir = await Deno.makeTempDir({ prefix: "sockeye-redis-" });
+  let child: Deno.ChildProcess | undefined;
+  const start = async () => {
+    child = new Deno.Command("redis-server", {
+      args: [
+        "--port",
+        String(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        dir,
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+      ],
+      stdout: "null",
+      stderr: "null",
+      stdin: "null",
+    }).spawn();
+    await waitForPort(port);
+  };
+  const stop = async (signal: Deno.Signal) => {
+    if (!child) return;
+    try {
+      child.kill(signal);
+    } catch { /* already gone */ }
+    await child.status;
+    child = undefined;
+  };
+  await start();
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    kill: () => stop("SIGKILL"),
+    restart: start,
+    async [Symbol.asyncDispose]() {
+      await stop("SIGTERM");
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}

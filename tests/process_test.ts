@@ -80,7 +80,7 @@ Deno.test("during DRAIN_DELAY_S readiness is 503 draining, liveness 200, sockets
   const body = await until(async () => {
     const res = await fetch(`${base}/readyz`);
     const json = await res.json();
-    return res.status === 503 && json;
+    return res.status === 503 ? json : undefined;
   }, "readiness 503");
   assert.equal(body.status, "draining");
   const health = await fetch(`${base}/healthz`);
