@@ -2,11 +2,13 @@
  * The Redis session store: counts live in Redis, so a session resumes on any
  * instance (blue or green) and survives a crash of this one.
  *
- * Each text frame runs one Lua script, `INCR` + `PEXPIRE` atomically, and is
- * answered only after Redis acknowledged it: two instances never hand out
- * the same number and an acknowledged count is never forgotten. ioredis
- * auto-pipelining sends the frames of every socket that arrive in the same
- * tick in one write.
+ * Each text frame is an `INCR` + `PEXPIRE` of its session key, answered
+ * only after Redis acknowledged it: two instances never hand out the same
+ * number and an acknowledged count is never forgotten. Frames that arrive
+ * in the same event-loop turn, from any socket, go to Redis as one Lua
+ * script call ({@link IncrementBatcher}): one command for many frames keeps
+ * the client's per-command cost off each frame. A key that holds no integer
+ * fails only its own frame.
  *
  * Failure policy: commands never wait on a queue while Redis is away
  * (`enableOfflineQueue: false`), time out after `COMMAND_TIMEOUT_MS`, and
@@ -36,11 +38,22 @@ export const COMMAND_TIMEOUT_MS = 1000;
 /** Milliseconds a connection attempt may take. */
 export const CONNECT_TIMEOUT_MS = 2000;
 
-// INCR and PEXPIRE in one atomic step; fails on a key that holds no integer.
-const INCREMENT_SCRIPT = `
-local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return n`;
+// INCR + PEXPIRE for each key in order; -1 for a key holding no integer.
+const INCREMENT_MANY_SCRIPT = `
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.pcall('INCR', key)
+  if type(n) == 'table' then
+    out[i] = -1
+  else
+    redis.call('PEXPIRE', key, ARGV[1])
+    out[i] = n
+  end
+end
+return out`;
+
+/** Most frames sent to Redis in one script call. */
+export const MAX_BATCH = 512;
 
 // Creates the session at 0 when missing; answers {created, count}.
 const ATTACH_SCRIPT = `
@@ -49,7 +62,10 @@ if not created then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {created and 1 or 0, redis.call('GET', KEYS[1])}`;
 
 interface SessionCommands {
-  sockeyeIncrement(key: string, ttlMs: number): Promise<number>;
+  sockeyeIncrementMany(
+    numKeys: number,
+    ...keysThenTtl: Array<string | number>
+  ): Promise<number[]>;
   sockeyeAttach(key: string, ttlMs: number): Promise<[number, string]>;
 }
 
@@ -122,6 +138,62 @@ class RedisHandle implements SessionHandle {
   }
 }
 
+/**
+ * Collects the increments of one event-loop turn and sends them as one
+ * script call, flushed from a microtask (so no timer adds latency).
+ */
+class IncrementBatcher {
+  readonly #redis: Redis & SessionCommands;
+  readonly #ttlMs: number;
+  #keys: string[] = [];
+  #waiters: Array<PromiseWithResolvers<number>> = [];
+  #scheduled = false;
+
+  constructor(redis: Redis & SessionCommands, ttlMs: number) {
+    this.#redis = redis;
+    this.#ttlMs = ttlMs;
+  }
+
+  add(key: string): Promise<number> {
+    const waiter = Promise.withResolvers<number>();
+    this.#keys.push(key);
+    this.#waiters.push(waiter);
+    if (this.#keys.length >= MAX_BATCH) this.#flush();
+    else if (!this.#scheduled) {
+      this.#scheduled = true;
+      queueMicrotask(() => this.#flush());
+    }
+    return waiter.promise;
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    const keys = this.#keys;
+    const waiters = this.#waiters;
+    if (keys.length === 0) return;
+    this.#keys = [];
+    this.#waiters = [];
+    this.#redis.sockeyeIncrementMany(keys.length, ...keys, this.#ttlMs).then(
+      (replies) => {
+        for (let i = 0; i < waiters.length; i++) {
+          const n = replies[i];
+          if (n === -1 || typeof n !== "number") {
+            waiters[i]!.reject(
+              new TypeError(
+                `Cannot increment ${keys[i]}: the key holds no integer`,
+              ),
+            );
+          } else waiters[i]!.resolve(n);
+        }
+      },
+      (error) => {
+        const failure = translate(error);
+        for (const waiter of waiters) waiter.reject(failure);
+      },
+    );
+  }
+}
+
 /** Sessions in Redis through ioredis. */
 export class RedisSessionStore implements SessionStore {
   readonly kind = "redis" as const;
@@ -132,6 +204,7 @@ export class RedisSessionStore implements SessionStore {
   /** Session id → connections holding it here; their TTL is refreshed. */
   readonly #held = new Map<string, number>();
   readonly #refresher: Timer;
+  readonly #batcher: IncrementBatcher;
   #up = false;
   #closed = false;
 
@@ -158,7 +231,6 @@ export class RedisSessionStore implements SessionStore {
     this.#redis = new Redis(url, {
       lazyConnect: true,
       enableOfflineQueue: false,
-      enableAutoPipelining: true,
       connectTimeout: CONNECT_TIMEOUT_MS,
       commandTimeout: COMMAND_TIMEOUT_MS,
       maxRetriesPerRequest: 0,
@@ -166,10 +238,10 @@ export class RedisSessionStore implements SessionStore {
       retryStrategy: (times) => Math.min(times * 100, 2000),
       ...options,
     }) as Redis & SessionCommands;
-    this.#redis.defineCommand("sockeyeIncrement", {
-      numberOfKeys: 1,
-      lua: INCREMENT_SCRIPT,
+    this.#redis.defineCommand("sockeyeIncrementMany", {
+      lua: INCREMENT_MANY_SCRIPT,
     });
+    this.#batcher = new IncrementBatcher(this.#redis, this.#ttlMs);
     this.#redis.defineCommand("sockeyeAttach", {
       numberOfKeys: 1,
       lua: ATTACH_SCRIPT,
@@ -223,14 +295,8 @@ export class RedisSessionStore implements SessionStore {
   }
 
   /** @internal One frame: the new durable count. */
-  async increment(key: string): Promise<number> {
-    let reply: number;
-    try {
-      reply = await this.#redis.sockeyeIncrement(key, this.#ttlMs);
-    } catch (error) {
-      throw translate(error);
-    }
-    return parseCount(reply, key);
+  increment(key: string): Promise<number> {
+    return this.#batcher.add(key);
   }
 
   /** @internal The durable count now, 0 for an expired session. */
