@@ -186,7 +186,7 @@ for (const name of values.targets.split(",")) {
         sockeye(name, {
           ...otel,
           OTEL_TRACES_SAMPLER: "always_on",
-          SOCKEYE_TRACE_FRAMES_RATIO: "1",
+          TRACE_FRAME_RATIO: "1",
         }),
       );
     } else throw new Error(`Unknown target ${name}`);

@@ -13,6 +13,11 @@ import { HttpError } from "./http_error.ts";
 import type { Lifecycle } from "./lifecycle.ts";
 import { logger } from "./observability/logging.ts";
 import type { Metrics } from "./observability/metrics.ts";
+import {
+  activeSpan,
+  nameServerSpan,
+  recordError,
+} from "./observability/tracing.ts";
 import { type ConnInfo, upgradeWebSocket } from "./platform.ts";
 import type { Settings } from "./settings.ts";
 import { SUBPROTOCOL } from "./sessions/frames.ts";
@@ -95,6 +100,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const route = routePath(c, -1);
     const endpoint = route === "*" || route === "/*" ? "unmatched" : route;
     const method = c.req.method;
+    nameServerSpan(method, endpoint);
     const seconds = (performance.now() - start) / 1000;
     metrics.httpRequests.labels(method, endpoint, String(res.status)).inc();
     metrics.httpDuration.labels(method, endpoint).observe(seconds);
@@ -111,6 +117,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     if (error instanceof HttpError) {
       if (error.errorType !== undefined) {
         metrics.error(error.errorType);
+        recordError(activeSpan(), error.errorType, error.message);
         wsLog.warning("Refusing WebSocket upgrade: {message}", {
           message: error.message,
           status: error.status,

@@ -9,6 +9,7 @@ import { createApp } from "./app.ts";
 import { Lifecycle } from "./lifecycle.ts";
 import { logger } from "./observability/logging.ts";
 import { Metrics } from "./observability/metrics.ts";
+import { type TracingOptions, withRootSpan } from "./observability/tracing.ts";
 import { type HttpServer, serve } from "./platform.ts";
 import type { Settings } from "./settings.ts";
 import { type DrainResult, Hub } from "./sessions/hub.ts";
@@ -83,6 +84,10 @@ export function createStore(
 export async function startServer(settings: Settings): Promise<Server> {
   const log = logger("server");
   const lifecycle = new Lifecycle();
+  const tracing: TracingOptions = {
+    enabled: settings.otelEnabled,
+    frameRatio: settings.traceFrameRatio,
+  };
   const metrics: Metrics = new Metrics(settings.color, {
     activeConnections: (): number => hub.size,
   });
@@ -91,6 +96,7 @@ export async function startServer(settings: Settings): Promise<Server> {
     {
       heartbeatIntervalS: settings.heartbeatIntervalS,
       limits: settings,
+      tracing,
     },
     metrics,
     logger("ws"),
@@ -110,26 +116,43 @@ export async function startServer(settings: Settings): Promise<Server> {
     throw error;
   }
 
-  const startupSeconds = lifecycle.ready();
-  metrics.startupTime.set(startupSeconds);
-  log.info("sockeye ready on {host}:{port}", {
-    host: http.hostname,
-    port: http.port,
-    startup_seconds: startupSeconds,
-    store: store.kind,
-  });
+  // The startup span covers process start (the time origin) to ready.
+  await withRootSpan(tracing, "sockeye startup", (span) => {
+    const startupSeconds = lifecycle.ready();
+    metrics.startupTime.set(startupSeconds);
+    span?.setAttributes({
+      "sockeye.startup.duration": startupSeconds,
+      "sockeye.store": store.kind,
+    });
+    log.info("sockeye ready on {host}:{port}", {
+      host: http.hostname,
+      port: http.port,
+      startup_seconds: startupSeconds,
+      store: store.kind,
+    });
+    return Promise.resolve();
+  }, performance.timeOrigin);
 
   let drained: Promise<ShutdownReport> | undefined;
   const hurry = new AbortController();
   const drain = (reason: string) =>
-    drained ??= runDrain(reason, {
-      settings,
-      lifecycle,
-      metrics,
-      hub,
-      store,
-      http,
-      hurry: hurry.signal,
+    drained ??= withRootSpan(tracing, "sockeye drain", async (span) => {
+      const report = await runDrain(reason, {
+        settings,
+        lifecycle,
+        metrics,
+        hub,
+        store,
+        http,
+        hurry: hurry.signal,
+      });
+      span?.setAttributes({
+        "sockeye.drain.reason": reason,
+        "sockeye.drain.closed": report.closed,
+        "sockeye.drain.forced": report.forced,
+        "sockeye.drain.duration": report.shutdownSeconds,
+      });
+      return report;
     });
 
   return {

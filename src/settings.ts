@@ -57,6 +57,10 @@ export interface Settings {
   readonly logLevel: LogLevelName;
   /** Line format. @default "json" */
   readonly logFormat: LogFormat;
+  /** Deno's OpenTelemetry is on (`OTEL_DENO=true`): spans are created. @default false */
+  readonly otelEnabled: boolean;
+  /** Fraction (0–1) of a traced connection's frames that get a span. @default 0.01 */
+  readonly traceFrameRatio: number;
 }
 
 /**
@@ -210,6 +214,10 @@ export function parseSettings(env: Env): Settings {
     metricsToken: read("METRICS_TOKEN"),
     logLevel: choice("LOG_LEVEL", "info", LOG_LEVELS),
     logFormat: choice<LogFormat>("LOG_FORMAT", "json", ["json", "pretty"]),
+    otelEnabled: ["true", "1"].includes(
+      choice("OTEL_DENO", "false", ["true", "false", "1", "0"]),
+    ),
+    traceFrameRatio: number("TRACE_FRAME_RATIO", 0.01, { min: 0, max: 1 }),
   });
 }
 

@@ -69,7 +69,11 @@ Deno.test("/readyz is 503 starting before ready, /healthz already 200", async ()
   const metrics = new Metrics("blue", { activeConnections: () => 0 });
   const store = new MemorySessionStore(60);
   const hub = new Hub(
-    { heartbeatIntervalS: 30, limits: settings },
+    {
+      heartbeatIntervalS: 30,
+      limits: settings,
+      tracing: { enabled: false, frameRatio: 0 },
+    },
     metrics,
     logger("ws"),
   );

@@ -8,6 +8,7 @@
  */
 import type { Logger } from "@logtape/logtape";
 import type { Metrics } from "../observability/metrics.ts";
+import type { TracingOptions } from "../observability/tracing.ts";
 import { byeFrame, heartbeatFrame } from "./frames.ts";
 import {
   CloseCode,
@@ -30,6 +31,8 @@ export interface HubOptions {
   readonly heartbeatIntervalS: number;
   /** Frame limits for every connection. */
   readonly limits: FrameLimits;
+  /** Whether connections and frames get spans. */
+  readonly tracing: TracingOptions;
 }
 
 /** What a drain did. */
@@ -46,6 +49,7 @@ export class Hub implements ConnectionOwner {
   readonly #metrics: Metrics;
   readonly #log: Logger;
   readonly #limits: FrameLimits;
+  readonly #tracing: TracingOptions;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   #emptied: PromiseWithResolvers<void> | undefined;
 
@@ -58,6 +62,7 @@ export class Hub implements ConnectionOwner {
     this.#metrics = metrics;
     this.#log = log;
     this.#limits = options.limits;
+    this.#tracing = options.tracing;
     this.#heartbeat = setInterval(
       () => this.#beat(),
       options.heartbeatIntervalS * 1000,
@@ -86,6 +91,7 @@ export class Hub implements ConnectionOwner {
       metrics: this.#metrics,
       limits: this.#limits,
       log: this.#log,
+      tracing: this.#tracing,
     }, info);
     this.#connections.add(conn);
     this.#metrics.connectionsTotal.inc();

@@ -12,6 +12,14 @@
 import type { Logger } from "@logtape/logtape";
 import type { FrameStats, Metrics } from "../observability/metrics.ts";
 import { IDLE_CLOSE_REASON } from "../platform.ts";
+import {
+  logIds,
+  recordError,
+  startConnectionSpan,
+  startFrameSpan,
+  type TracingOptions,
+} from "../observability/tracing.ts";
+import type { Span } from "@opentelemetry/api";
 import { countFrame, sessionFrame, UNAVAILABLE_FRAME } from "./frames.ts";
 import { type SessionHandle, StoreUnavailableError } from "./store.ts";
 
@@ -134,6 +142,8 @@ export class Connection {
   messages = 0;
   /** Set once the server has started closing; later frames are ignored. */
   closing = false;
+  /** The connection's span while tracing samples it. */
+  readonly span: Span | undefined;
   readonly #openedAt = performance.now();
   readonly #metrics: Metrics;
   #sentCode: number | undefined;
@@ -152,18 +162,33 @@ export class Connection {
     socket: WebSocket,
     session: SessionHandle,
     owner: ConnectionOwner,
-    deps: { metrics: Metrics; limits: FrameLimits; log: Logger },
+    deps: {
+      metrics: Metrics;
+      limits: FrameLimits;
+      log: Logger;
+      tracing: TracingOptions;
+    },
     info: ConnectionInfo,
   ) {
     this.socket = socket;
     this.session = session;
+    const span = this.span = startConnectionSpan(deps.tracing, {
+      "session.id": session.id,
+      "sockeye.session.resumed": session.resumed,
+      "sockeye.connection.id": this.id,
+      "client.address": info.remoteAddr,
+      "user_agent.original": info.userAgent,
+    });
     this.log = deps.log.with({
       connection_id: this.id,
       session_uuid: session.id,
       request_id: info.requestId,
       remote_addr: info.remoteAddr,
       user_agent: info.userAgent,
+      ...(span && logIds(span)),
     });
+    // 0 unless this connection is traced: one comparison per frame when off.
+    const frameRatio = span === undefined ? 0 : deps.tracing.frameRatio;
     const metrics = this.#metrics = deps.metrics;
     const frames: FrameStats = metrics.frames;
     const maxBytes = deps.limits.maxMessageBytes;
@@ -194,6 +219,7 @@ export class Connection {
     const failed = (error: unknown) => {
       if (error instanceof StoreUnavailableError) {
         metrics.error("store_unavailable");
+        recordError(span, "store_unavailable", error.message);
         if (!this.closing) {
           socket.send(UNAVAILABLE_FRAME);
           frames.sent++;
@@ -231,6 +257,9 @@ export class Connection {
       const start = performance.now();
       frames.received++;
       this.messages++;
+      if (frameRatio > 0 && Math.random() < frameRatio) {
+        return traceFrame(start);
+      }
       let count: number | Promise<number>;
       try {
         count = session.increment();
@@ -239,6 +268,30 @@ export class Connection {
       }
       if (typeof count === "number") reply(count, start);
       else count.then((n) => reply(n, start), failed);
+    };
+
+    // The sampled frame: the same steps inside a span, off the common path.
+    const traceFrame = async (start: number) => {
+      const frameSpan = startFrameSpan(span!);
+      try {
+        const count = await session.increment();
+        frameSpan.setAttributes({
+          "sockeye.count": count,
+          "sockeye.store.duration": (performance.now() - start) / 1000,
+        });
+        reply(count, start);
+      } catch (error) {
+        recordError(
+          frameSpan,
+          error instanceof StoreUnavailableError
+            ? "store_unavailable"
+            : "internal",
+          (error as Error).message,
+        );
+        failed(error);
+      } finally {
+        frameSpan.end();
+      }
     };
 
     socket.onerror = (event) => {
@@ -260,6 +313,7 @@ export class Connection {
         .inc();
       if (event.reason === IDLE_CLOSE_REASON) {
         metrics.error("idle_timeout");
+        recordError(span, "idle_timeout", event.reason);
         this.log.warning("WebSocket dropped: no pong within the idle timeout", {
           close_code: code,
         });
@@ -270,6 +324,14 @@ export class Connection {
         duration_ms: Math.round(performance.now() - this.#openedAt),
         messages: this.messages,
       });
+      if (span !== undefined) {
+        span.setAttributes({
+          "sockeye.close.code": code,
+          "sockeye.close.reason": event.reason,
+          "sockeye.messages": this.messages,
+        });
+        span.end();
+      }
       owner.closed(this);
     };
   }
@@ -290,6 +352,7 @@ export class Connection {
     if (this.closing) return;
     this.closing = true;
     this.#metrics.error(errorType);
+    recordError(this.span, errorType, reason);
     this.log.warning("Closing WebSocket: {reason}", {
       reason,
       close_code: code,
