@@ -15,7 +15,6 @@ import {
   configure,
   dispose,
   getLogger,
-  getStreamSink,
   type Logger,
   type LogLevel,
   type LogRecord,
@@ -154,8 +153,8 @@ export interface LoggingOptions {
   readonly format: LogFormat;
   /** Deployment color stamped on every line. */
   readonly color: string;
-  /** Where lines go; stdout by default. */
-  readonly stream?: WritableStream<Uint8Array>;
+  /** Writes one encoded line; stdout by default. */
+  readonly write?: (bytes: Uint8Array) => void;
 }
 
 /**
@@ -174,8 +173,12 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
     CREDIT_CARD_NUMBER_PATTERN,
     JWT_PATTERN,
   ]);
+  const encoder = new TextEncoder();
+  const write = options.write ?? stdio.writeStdoutSync;
+  // Synchronous writes: a line is complete on stdout before the next event,
+  // and nothing is left in a buffer when the process exits.
   const sink = redactByField(
-    getStreamSink(options.stream ?? stdio.stdout, { formatter }),
+    (record: LogRecord) => write(encoder.encode(formatter(record))),
     { fieldPatterns: REDACTED_FIELDS, action: () => "[REDACTED]" },
   );
   await configure({
