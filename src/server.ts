@@ -90,6 +90,7 @@ export async function startServer(settings: Settings): Promise<Server> {
   };
   const metrics: Metrics = new Metrics(settings.color, {
     activeConnections: (): number => hub.size,
+    ready: (): boolean => lifecycle.state === "ready" && store.available,
   });
   const store = createStore(settings, metrics);
   const hub: Hub = new Hub(

@@ -32,6 +32,7 @@ const CONTRACT_METRICS: Record<string, string> = {
   app_shutdown_time_seconds: "gauge",
   app_info: "gauge",
   app_dependency_up: "gauge",
+  app_ready: "gauge",
   process_cpu_seconds_total: "counter",
   process_resident_memory_bytes: "gauge",
   process_open_fds: "gauge",
@@ -66,7 +67,10 @@ Deno.test("/readyz reports ready with checks and active connections", async () =
 Deno.test("/readyz is 503 starting before ready, /healthz already 200", async () => {
   const settings = parseSettings({});
   const lifecycle = new Lifecycle();
-  const metrics = new Metrics("blue", { activeConnections: () => 0 });
+  const metrics = new Metrics("blue", {
+    activeConnections: () => 0,
+    ready: () => lifecycle.state === "ready",
+  });
   const store = new MemorySessionStore(60);
   const hub = new Hub(
     {

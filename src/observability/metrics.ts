@@ -131,6 +131,8 @@ interface HistogramSeries {
 export interface MetricsSources {
   /** Sockets open now. */
   activeConnections(): number;
+  /** Whether `/readyz` answers 200 now (ready state, store available). */
+  ready(): boolean;
 }
 
 /**
@@ -270,6 +272,14 @@ export class Metrics {
       labelNames: ["version", "runtime_version"],
       registers,
     }).labels(VERSION, runtimeVersion()).set(1);
+    new Gauge({
+      name: "app_ready",
+      help: "1 while the instance is ready (what /readyz reports), else 0.",
+      registers,
+      collect() {
+        this.set(sources.ready() ? 1 : 0);
+      },
+    });
     this.dependencyUp = new Gauge({
       name: "app_dependency_up",
       help: "1 when a dependency answers its health check, else 0.",

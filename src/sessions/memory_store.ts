@@ -59,6 +59,7 @@ class MemoryHandle implements SessionHandle {
  */
 export class MemorySessionStore implements SessionStore {
   readonly kind = "memory" as const;
+  readonly available = true;
   #sessions = new Map<string, SessionRecord>();
   #ttlMs: number;
   #sweeper: Timer;

@@ -36,6 +36,8 @@ export interface SessionHandle {
 export interface SessionStore {
   /** `memory` or `redis`, reported by `/status` and `/readyz`. */
   readonly kind: "memory" | "redis";
+  /** Whether the store answered its last connection attempt (always true in memory). */
+  readonly available: boolean;
   /**
    * Attaches a connection to a session, creating it when missing or expired.
    *
