@@ -108,7 +108,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
       method,
       path: c.req.path,
       status: res.status,
-      duration_ms: seconds * 1000,
+      duration_ms: Math.round(seconds * 1e6) / 1000,
       request_id: id,
     });
   });

@@ -128,7 +128,7 @@ export async function startServer(settings: Settings): Promise<Server> {
     log.info("sockeye ready on {host}:{port}", {
       host: http.hostname,
       port: http.port,
-      startup_seconds: startupSeconds,
+      startup_seconds: round6(startupSeconds),
       store: store.kind,
     });
     return Promise.resolve();
@@ -214,7 +214,7 @@ async function runDrain(reason: string, ctx: {
   lifecycle.stop();
   const overran = shutdownSeconds > settings.shutdownTimeoutS;
   log.info("Drain complete", {
-    shutdown_seconds: shutdownSeconds,
+    shutdown_seconds: round6(shutdownSeconds),
     closed: result.closed,
     forced: result.forced,
   });
@@ -232,4 +232,9 @@ function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
       resolve();
     }
   });
+}
+
+/** Rounds seconds to microseconds for log lines. */
+function round6(seconds: number): number {
+  return Math.round(seconds * 1e6) / 1e6;
 }

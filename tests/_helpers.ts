@@ -418,7 +418,11 @@ export async function spawnServer(
       child.kill("SIGKILL");
     } catch { /* gone */ }
     await status;
-    throw error;
+    throw new Error(
+      `${(error as Error).message}; stdout: ${
+        lines.join("\n")
+      }; stderr: ${stderrText}`,
+    );
   }
   return {
     child,

@@ -80,14 +80,25 @@ function plain(value: unknown): unknown {
   return value;
 }
 
+/** Patterns masked in every string value: e-mail addresses, card numbers, JWTs. */
+const PATTERNS = [
+  EMAIL_ADDRESS_PATTERN,
+  CREDIT_CARD_NUMBER_PATTERN,
+  JWT_PATTERN,
+];
+
 /**
- * Builds the JSON Lines formatter.
+ * Builds one log event as a flat object with the contract's fields, string
+ * values passed through the redaction patterns (numbers are left alone, so a
+ * long fraction is never mistaken for a card number).
  *
- * @param color Deployment color stamped on every line.
- * @returns A LogTape text formatter producing one JSON object and `\n`.
+ * @param color Deployment color stamped on every event.
+ * @returns Record → event object.
  */
-export function jsonFormatter(color: string): TextFormatter {
-  return (record: LogRecord): string => {
+export function eventBuilder(
+  color: string,
+): (record: LogRecord) => Record<string, unknown> {
+  const build = (record: LogRecord): Record<string, unknown> => {
     const line: Record<string, unknown> = {
       timestamp: new Date(record.timestamp).toISOString(),
       level: TO_CONTRACT[record.level],
@@ -99,25 +110,44 @@ export function jsonFormatter(color: string): TextFormatter {
     for (const key in record.properties) {
       if (!(key in line)) line[key] = plain(record.properties[key]);
     }
-    return JSON.stringify(line) + "\n";
+    return line;
   };
+  // LogTape's pattern redaction walks the values of a console formatter's output.
+  const redacted = redactByPattern(
+    (record: LogRecord) => [build(record)],
+    PATTERNS,
+  );
+  return (record) => redacted(record)[0] as Record<string, unknown>;
+}
+
+/**
+ * Builds the JSON Lines formatter.
+ *
+ * @param color Deployment color stamped on every line.
+ * @returns A LogTape text formatter producing one JSON object and `\n`.
+ */
+export function jsonFormatter(color: string): TextFormatter {
+  const build = eventBuilder(color);
+  return (record: LogRecord): string => JSON.stringify(build(record)) + "\n";
 }
 
 /**
  * Builds the human-readable formatter for `LOG_FORMAT=pretty`.
  *
  * @param color Deployment color shown on every line.
- * @returns A formatter writing `time LEVEL logger message key=value …`.
+ * @returns A formatter writing `time LEVEL [color] logger message key=value …`.
  */
 export function prettyFormatter(color: string): TextFormatter {
+  const build = eventBuilder(color);
   return (record: LogRecord): string => {
-    const time = new Date(record.timestamp).toISOString().slice(11, 23);
-    const level = TO_CONTRACT[record.level].toUpperCase().padEnd(8);
-    const fields = Object.entries(record.properties)
-      .map(([k, v]) => `${k}=${JSON.stringify(plain(v))}`).join(" ");
-    return `${time} ${level} [${color}] ${record.category.join(".")} ${
-      renderMessage(record)
-    }${fields ? " " + fields : ""}\n`;
+    const { timestamp, level, logger, message, color: _, ...fields } = build(
+      record,
+    );
+    const rest = Object.entries(fields)
+      .map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ");
+    return `${String(timestamp).slice(11, 23)} ${
+      String(level).toUpperCase().padEnd(8)
+    } [${color}] ${logger} ${message}${rest ? " " + rest : ""}\n`;
   };
 }
 
@@ -165,14 +195,9 @@ export interface LoggingOptions {
  * @returns Resolves once logging is configured.
  */
 export async function setupLogging(options: LoggingOptions): Promise<void> {
-  const base = options.format === "pretty"
+  const formatter = options.format === "pretty"
     ? prettyFormatter(options.color)
     : jsonFormatter(options.color);
-  const formatter = redactByPattern(base, [
-    EMAIL_ADDRESS_PATTERN,
-    CREDIT_CARD_NUMBER_PATTERN,
-    JWT_PATTERN,
-  ]);
   const encoder = new TextEncoder();
   const write = options.write ?? stdio.writeStdoutSync;
   // Synchronous writes: a line is complete on stdout before the next event,
