@@ -8,6 +8,7 @@
  */
 import { healthcheckCommand } from "./src/cli/healthcheck.ts";
 import { loadtestCommand } from "./src/cli/loadtest.ts";
+import { monitorCommand } from "./src/cli/monitor.ts";
 import { serveCommand } from "./src/cli/serve.ts";
 import { args, env, exit, print, printError } from "./src/platform.ts";
 import { VERSION } from "./src/version.ts";
@@ -20,6 +21,7 @@ Commands:
   serve                 run the service (default); settings come from the environment
   healthcheck [URL]     exit 0 when /healthz answers 200, else 1
   loadtest [options]    open sockets against a server and measure it (--help)
+  monitor [options]     health, readiness, connections, fastest metrics, error lines (--help)
   version               print the version
   help                  print this text
 `;
@@ -33,6 +35,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return await healthcheckCommand(rest, env());
     case "loadtest":
       return await loadtestCommand(rest);
+    case "monitor":
+      return await monitorCommand(rest, env());
     case "version":
     case "--version":
       print(VERSION);

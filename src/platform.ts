@@ -261,15 +261,27 @@ export function printError(text: string): void {
 }
 
 /**
- * Opens a file for reading as a web stream (the monitor's `--logs FILE`).
+ * Reads what a file holds past `offset` (to follow a growing log file).
  *
  * @param path File path.
- * @returns Its bytes, from the start.
+ * @param offset Bytes already read.
+ * @returns The new bytes and the file's size now (a smaller size means it was truncated or rotated).
  * @throws {Deno.errors.NotFound} When the file does not exist.
  */
-export async function openReadable(
+export async function readFrom(
   path: string,
-): Promise<ReadableStream<Uint8Array>> {
-  const file = await Deno.open(path, { read: true });
-  return file.readable;
+  offset: number,
+): Promise<{ bytes: Uint8Array; size: number }> {
+  using file = await Deno.open(path, { read: true });
+  const size = (await file.stat()).size;
+  const start = size < offset ? 0 : offset;
+  await file.seek(start, Deno.SeekMode.Start);
+  const bytes = new Uint8Array(size - start);
+  let read = 0;
+  while (read < bytes.length) {
+    const n = await file.read(bytes.subarray(read));
+    if (n === null) break;
+    read += n;
+  }
+  return { bytes: bytes.subarray(0, read), size: start + read };
 }

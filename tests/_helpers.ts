@@ -6,6 +6,7 @@
  * @module
  */
 import { parseSettings } from "../src/settings.ts";
+import { parsePrometheusText } from "../src/cli/prometheus_text.ts";
 import { type Server, startServer } from "../src/server.ts";
 
 /** Repository root, for spawning `main.ts`. */
@@ -443,40 +444,6 @@ export async function spawnServer(
 }
 
 /**
- * Parses Prometheus text exposition into samples and `# TYPE` lines.
- *
- * @param text `/metrics` body.
- * @returns Types by metric family, and samples as name → list of labels and value.
- */
-export function parseMetrics(text: string): {
-  types: Map<string, string>;
-  samples: Array<
-    { name: string; labels: Record<string, string>; value: number }
-  >;
-} {
-  const types = new Map<string, string>();
-  const samples: Array<
-    { name: string; labels: Record<string, string>; value: number }
-  > = [];
-  for (const line of text.split("\n")) {
-    if (line.startsWith("# TYPE ")) {
-      const [, , name, type] = line.split(" ");
-      types.set(name!, type!);
-      continue;
-    }
-    if (line === "" || line.startsWith("#")) continue;
-    const m = line.match(/^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)/);
-    if (!m) throw new Error(`Unparseable metrics line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const pair of (m[3] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
-      labels[pair[1]!] = pair[2]!;
-    }
-    samples.push({ name: m[1]!, labels, value: Number(m[4]) });
-  }
-  return { types, samples };
-}
-
-/**
  * Sums the samples of one metric whose labels include `match`.
  *
  * @param text `/metrics` body.
@@ -488,7 +455,7 @@ export function metricValue(
   name: string,
   match: Record<string, string> = {},
 ): number {
-  return parseMetrics(text).samples
+  return parsePrometheusText(text).samples
     .filter((s) =>
       s.name === name &&
       Object.entries(match).every(([k, v]) => s.labels[k] === v)

@@ -10,12 +10,8 @@ import { parseSettings } from "../src/settings.ts";
 import { Hub } from "../src/sessions/hub.ts";
 import { MemorySessionStore } from "../src/sessions/memory_store.ts";
 import { logger } from "../src/observability/logging.ts";
-import {
-  metricValue,
-  parseMetrics,
-  startTestServer,
-  TestClient,
-} from "./_helpers.ts";
+import { parsePrometheusText as parseMetrics } from "../src/cli/prometheus_text.ts";
+import { metricValue, startTestServer, TestClient } from "./_helpers.ts";
 
 /** Every metric of the contract, with its Prometheus type. */
 const CONTRACT_METRICS: Record<string, string> = {
