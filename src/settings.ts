@@ -146,7 +146,11 @@ export function parseSettings(env: Env): Settings {
     return raw as T;
   };
 
-  const color = read("COLOR") ?? "blue";
+  // npm and npx export COLOR=0/1 (their own terminal-colour flag) to what
+  // they run; under npm that value is not a deployment color.
+  const npmColorFlag = env.npm_config_user_agent !== undefined &&
+    (env.COLOR === "0" || env.COLOR === "1");
+  const color = (npmColorFlag ? undefined : read("COLOR")) ?? "blue";
   if (!COLOR_RE.test(color)) {
     throw new SettingsError(
       "COLOR",

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs the real servers the tests start (redis-server, prometheus with
+# promtool, nginx) from Debian's packages when they are missing. The tests
+# run them on loopback ports of their own; nothing is started here.
+set -eu
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v nginx >/dev/null 2>&1 || missing="$missing nginx"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "tests need:$missing (Debian packages); install them, then run the tests again" >&2
+  exit 1
+fi
+echo "installing$missing from Debian for the tests" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
