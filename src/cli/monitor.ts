@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseCommand } from "./_args.ts";
 import {
   print,
   printError,
@@ -246,29 +246,16 @@ export async function monitorCommand(
   args: readonly string[],
   env: Readonly<Record<string, string | undefined>>,
 ): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args: [...args],
-      options: {
-        url: { type: "string", multiple: true },
-        interval: { type: "string", default: "2" },
-        duration: { type: "string", default: "0" },
-        logs: { type: "string" },
-        token: { type: "string" },
-        "metrics-only": { type: "boolean", default: false },
-        "logs-only": { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    }).values;
-  } catch (error) {
-    printError(`sockeye monitor: ${(error as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  if (values.help) {
-    print(HELP);
-    return 0;
-  }
+  const values = parseCommand("monitor", args, {
+    url: { type: "string", multiple: true },
+    interval: { type: "string", default: "2" },
+    duration: { type: "string", default: "0" },
+    logs: { type: "string" },
+    token: { type: "string" },
+    "metrics-only": { type: "boolean", default: false },
+    "logs-only": { type: "boolean", default: false },
+  }, HELP);
+  if (typeof values === "number") return values;
   const interval = Number(values.interval);
   const duration = Number(values.duration);
   if (!(interval > 0) || !(duration >= 0)) {
