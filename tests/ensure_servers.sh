@@ -7,6 +7,7 @@ missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v nginx >/dev/null 2>&1 || missing="$missing nginx"
+command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "tests need:$missing (Debian packages); install them, then run the tests again" >&2

@@ -116,6 +116,28 @@ Deno.test("promtool accepts the Prometheus config and rules, and the rule unit t
   }
 });
 
+Deno.test("amtool accepts the Alertmanager config and routes critical alerts to the paging receiver", async () => {
+  const config = `${MON}alertmanager/alertmanager.yml`;
+  const check = await run("amtool", ["check-config", config]);
+  assert.equal(check.code, 0, check.text);
+  const route = async (...labels: string[]) =>
+    (await run("amtool", [
+      "config",
+      "routes",
+      "test",
+      `--config.file=${config}`,
+      ...labels,
+    ])).text.split("\n")[0]!.trim();
+  assert.equal(
+    await route("severity=critical", "alertname=SockeyeDependencyDown"),
+    "webhook-critical",
+  );
+  assert.equal(
+    await route("severity=warning", "alertname=SockeyeMemoryHigh"),
+    "webhook",
+  );
+});
+
 Deno.test("dashboards are valid JSON with unique panel ids and a datasource on every target", () => {
   const all = dashboards();
   assert.deepEqual(all.map((d) => d.json.uid).sort(), [

@@ -64,6 +64,39 @@ Deno.test("SIGTERM drains 1,000 sockets: bye with the total, 1001, exit 0 inside
   assert.ok(complete.shutdown_seconds < 10);
 });
 
+Deno.test("a drain that hits its deadline forces the silent sockets, logs how many, exits 0", async () => {
+  await using proc = await spawnServer({ SHUTDOWN_TIMEOUT_S: "1" });
+  // A client that never answers the close handshake, and one that does.
+  using silent = await rawUpgrade(proc.port, "/ws/chat/");
+  assert.equal(silent.status, 101);
+  const polite = await TestClient.open(`ws://127.0.0.1:${proc.port}/ws/chat/`);
+  await proc.waitForLine(
+    (l) =>
+      l.message === "WebSocket connected" &&
+      proc.lines.filter((x) => x.includes("WebSocket connected")).length === 2,
+    "two connections",
+  );
+  proc.child.kill("SIGTERM");
+  const status = await within(proc.status, "exit", 5_000);
+  assert.equal(status.code, 0);
+  assert.equal((await polite.closed).code, 1001);
+  const { code } = await silent.readUntilClose();
+  assert.equal(code, 1001, "the silent client was sent its close too");
+  const lines = proc.lines.map((l) => JSON.parse(l));
+  const forcedLine = lines.find((l) =>
+    l.message.startsWith("Drain deadline reached")
+  );
+  assert.equal(forcedLine.level, "warning");
+  assert.equal(forcedLine.forced, 1);
+  const done = lines.find((l) => l.message === "Drain complete");
+  assert.equal(done.closed, 1);
+  assert.equal(done.forced, 1);
+  assert.ok(
+    done.shutdown_seconds <= 1,
+    `shutdown_seconds ${done.shutdown_seconds}`,
+  );
+});
+
 Deno.test("during DRAIN_DELAY_S readiness is 503 draining, liveness 200, sockets stay open", async () => {
   await using proc = await spawnServer({
     DRAIN_DELAY_S: "1",
