@@ -27,10 +27,15 @@ import { VERSION } from "./version.ts";
 
 /** Everything the routes read. */
 export interface AppDeps {
+  /** Parsed settings. */
   readonly settings: Settings;
+  /** Lifecycle state, for the probes and the upgrade gate. */
   readonly lifecycle: Lifecycle;
+  /** Where HTTP and refusal figures go. */
   readonly metrics: Metrics;
+  /** Takes over upgraded sockets. */
   readonly hub: Hub;
+  /** Session store, for upgrades and the readiness check. */
   readonly store: SessionStore;
 }
 

@@ -16,6 +16,8 @@ export class HttpError extends Error {
   readonly headers: Readonly<Record<string, string>>;
 
   /**
+   * Creates the error.
+   *
    * @param status HTTP status code.
    * @param message Sentence-case explanation returned to the client.
    * @param options Metric label, headers and cause.

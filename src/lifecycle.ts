@@ -20,7 +20,7 @@ export class Lifecycle {
   #drainStartedAt: number | undefined;
   readonly #createdAt = performance.now();
 
-  /** @returns The current state. */
+  /** The current state. */
   get state(): LifecycleState {
     return this.#state;
   }

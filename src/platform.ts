@@ -115,12 +115,20 @@ export function onShutdownSignal(
   };
 }
 
-/** @returns The process environment as a plain object. */
+/**
+ * Reads the whole environment (for settings, which parse it once).
+ *
+ * @returns Variable name → value.
+ */
 export function env(): Record<string, string> {
   return Deno.env.toObject();
 }
 
-/** @returns The command-line arguments after the script or binary name. */
+/**
+ * Reads the command line.
+ *
+ * @returns The arguments after the script or binary name.
+ */
 export function args(): readonly string[] {
   return Deno.args;
 }
@@ -134,7 +142,11 @@ export function exit(code: number): never {
   Deno.exit(code);
 }
 
-/** @returns The runtime's version, e.g. `deno 2.9.6`. */
+/**
+ * Names the runtime, for `app_info`.
+ *
+ * @returns e.g. `deno 2.9.6`.
+ */
 export function runtimeVersion(): string {
   return `deno ${Deno.version.deno}`;
 }
@@ -208,12 +220,20 @@ export function unrefTimer(timer: Timer): void {
   timer.unref();
 }
 
-/** @returns Whether stderr is a terminal (for progress lines). */
+/**
+ * Tells whether stderr is a terminal (for progress lines).
+ *
+ * @returns `true` on a terminal.
+ */
 export function stderrIsTerminal(): boolean {
   return Deno.stderr.isTerminal();
 }
 
-/** @returns Whether stdout is a terminal (for the monitor's screen). */
+/**
+ * Tells whether stdout is a terminal (for the monitor's screen).
+ *
+ * @returns `true` on a terminal.
+ */
 export function stdoutIsTerminal(): boolean {
   return Deno.stdout.isTerminal();
 }

@@ -74,6 +74,8 @@ export class SettingsError extends Error {
   readonly variable: string;
 
   /**
+   * Creates the error with its sentence-case message.
+   *
    * @param variable The environment variable's name.
    * @param value The raw value found.
    * @param expected What a valid value looks like.

@@ -37,23 +37,34 @@ export interface LoadtestOptions {
 
 /** Latency summary in milliseconds. */
 export interface Percentiles {
+  /** Median. */
   readonly p50: number;
+  /** 90th percentile. */
   readonly p90: number;
+  /** 99th percentile. */
   readonly p99: number;
+  /** Largest sample. */
   readonly max: number;
+  /** Arithmetic mean. */
   readonly mean: number;
 }
 
 /** What {@link runLoadtest} measured. */
 export interface LoadtestReport {
+  /** The WebSocket URL tested. */
   readonly url: string;
+  /** Sockets asked for, opened, and open together at most. */
   readonly connections: {
+    /** Sockets asked for. */
     readonly requested: number;
+    /** Sockets whose handshake completed. */
     readonly opened: number;
     /** Most sockets open at the same moment. */
     readonly peakOpen: number;
   };
+  /** Messages sent and correctly answered. */
   readonly messages: {
+    /** Messages sent. */
     readonly sent: number;
     /** Replies whose count was exactly the expected next count. */
     readonly ok: number;

@@ -21,16 +21,23 @@ import { parsePrometheusText, seriesKey } from "./prometheus_text.ts";
 
 /** What one instance answered at one refresh. */
 export interface InstanceView {
+  /** Base URL probed. */
   readonly url: string;
+  /** Color from `/healthz`, `?` when unknown. */
   readonly color: string;
+  /** `healthy`, another status, or `unreachable`. */
   readonly health: string;
+  /** `ready`, or the failing status with its checks, or `unreachable`. */
   readonly readiness: string;
+  /** Open sockets from `/readyz`. */
   readonly activeConnections: number | undefined;
 }
 
 /** A series and how fast it moved, per second. */
 export interface Mover {
+  /** Series key, e.g. `websocket_messages_total{color="blue",type="sent"}`. */
   readonly series: string;
+  /** Change per second between two refreshes. */
   readonly perSecond: number;
 }
 

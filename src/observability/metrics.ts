@@ -168,6 +168,8 @@ export class Metrics {
   #lag: LoopLagMonitor;
 
   /**
+   * Creates and registers every metric in a new registry.
+   *
    * @param color Value of the default `color` label.
    * @param sources Live values read at scrape time.
    */

@@ -71,7 +71,11 @@ export function recordError(
   span.setStatus({ code: SpanStatusCode.ERROR, message });
 }
 
-/** @returns The active span (the request's server span in a handler), if recording. */
+/**
+ * The span of the current context.
+ *
+ * @returns The active span (the request's server span in a handler), if recording.
+ */
 export function activeSpan(): Span | undefined {
   const span = trace.getActiveSpan();
   return span?.isRecording() ? span : undefined;

@@ -54,6 +54,8 @@ export class Hub implements ConnectionOwner {
   #emptied: PromiseWithResolvers<void> | undefined;
 
   /**
+   * Creates the hub and starts the heartbeat timer.
+   *
    * @param options Heartbeat interval and frame limits.
    * @param metrics Where connection figures go.
    * @param log Parent logger for connection events.
@@ -99,7 +101,11 @@ export class Hub implements ConnectionOwner {
     return conn;
   }
 
-  /** @inheritdoc */
+  /**
+   * Forgets a closed connection; resolves the drain's wait when none is left.
+   *
+   * @param conn The connection whose socket closed.
+   */
   closed(conn: Connection): void {
     this.#connections.delete(conn);
     if (this.#connections.size === 0) this.#emptied?.resolve();

@@ -64,7 +64,11 @@ export class MemorySessionStore implements SessionStore {
   #ttlMs: number;
   #sweeper: Timer;
 
-  /** @param ttlS Session lifetime after its last activity, in seconds. */
+  /**
+   * Creates the store and its expiry sweep.
+   *
+   * @param ttlS Session lifetime after its last activity, in seconds.
+   */
   constructor(ttlS: number) {
     this.#ttlMs = ttlS * 1000;
     this.#sweeper = setInterval(
@@ -74,7 +78,7 @@ export class MemorySessionStore implements SessionStore {
     unrefTimer(this.#sweeper);
   }
 
-  /** @returns Sessions held in memory now, live or awaiting expiry. */
+  /** Sessions held in memory now, live or awaiting expiry. */
   get size(): number {
     return this.#sessions.size;
   }

@@ -276,7 +276,7 @@ export class RedisSessionStore implements SessionStore {
     }
   }
 
-  /** @returns Whether Redis answered its last connection attempt. */
+  /** Whether Redis answered its last connection attempt. */
   get available(): boolean {
     return this.#up;
   }

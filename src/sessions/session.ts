@@ -336,7 +336,7 @@ export class Connection {
     };
   }
 
-  /** @returns Whether the socket is open. */
+  /** Whether the socket is open (`readyState` OPEN). */
   get open(): boolean {
     return this.socket.readyState === WebSocket.OPEN;
   }

@@ -24,6 +24,8 @@ export interface SessionHandle {
    */
   increment(): number | Promise<number>;
   /**
+   * Reads the session's count, for the drain's bye frame.
+   *
    * @returns The session's durable count now.
    * @throws {StoreUnavailableError} When the store cannot answer.
    */
@@ -60,6 +62,8 @@ export interface SessionStore {
 /** The store cannot answer now; the client may retry. */
 export class StoreUnavailableError extends Error {
   /**
+   * Creates the error.
+   *
    * @param message What failed, e.g. `Redis did not answer within 500 ms`.
    * @param options The underlying error as `cause`.
    */
