@@ -219,6 +219,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     return c.body(body, 200, { "Content-Type": contentType });
   });
 
+  let attaching = 0;
   const upgrade = async (c: Context<Env>) => {
     const req = c.req.raw;
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
@@ -242,7 +243,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
         errorType: "origin_not_allowed",
       });
     }
-    if (settings.maxConnections > 0 && hub.size >= settings.maxConnections) {
+    // Upgrades still waiting on the store count too, or a burst overshoots.
+    if (
+      settings.maxConnections > 0 &&
+      hub.size + attaching >= settings.maxConnections
+    ) {
       throw new HttpError(503, "Server is at MAX_CONNECTIONS", {
         errorType: "max_connections",
         headers: { "Retry-After": "1" },
@@ -250,6 +255,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     }
     const sessionId = sessionIdFrom(new URL(req.url));
     let session;
+    attaching++;
     try {
       session = await store.attach(sessionId);
     } catch (error) {
@@ -264,6 +270,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
         headers: { "Retry-After": "1" },
         cause: error,
       });
+    } finally {
+      attaching--;
     }
     const wantsSessionFrame = wantsSubprotocol(
       req.headers.get("sec-websocket-protocol") ?? undefined,

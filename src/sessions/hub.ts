@@ -157,6 +157,8 @@ export class Hub implements ConnectionOwner {
 
   async #sayGoodbye(conn: Connection): Promise<void> {
     if (conn.open && !conn.closing) {
+      // Stop counting first, so the total read next is the final one.
+      conn.closing = true;
       try {
         conn.socket.send(byeFrame(await conn.session.total()));
       } catch (error) {
