@@ -11,6 +11,7 @@
  *   deno task bench [--targets bare,memory] [--sizes 100x1000,1000x100] [--repeat 3]
  *
  * Targets: `bare` (bench/bare_server.ts), `memory` (sockeye, defaults),
+ * `memory-quiet` (sockeye with LOG_LEVEL=warning: no per-connection lines),
  * `redis` (sockeye with REDIS_URL; starts its own redis-server),
  * `otel-off`, `otel-default`, `otel-all` (sockeye with OTEL_DENO and the
  * sampler settings, exporting to a local sink that discards).
@@ -166,6 +167,8 @@ for (const name of values.targets.split(",")) {
     });
   } else if (name === "memory") {
     targets.push(sockeye(name, {}));
+  } else if (name === "memory-quiet") {
+    targets.push(sockeye(name, { LOG_LEVEL: "warning" }));
   } else if (name === "redis") {
     const redis = await startRedis();
     cleanups.push(redis.stop);
