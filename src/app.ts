@@ -131,6 +131,14 @@ export function createApp(deps: AppDeps): Hono<Env> {
           remote_addr: c.env?.remoteAddr,
           user_agent: c.req.header("User-Agent"),
         });
+      } else {
+        httpLog.warning("Refusing {method} {path}: {message}", {
+          method: c.req.method,
+          path: c.req.path,
+          message: error.message,
+          status: error.status,
+          remote_addr: c.env?.remoteAddr,
+        });
       }
       return c.json(
         { error: error.errorType ?? "http_error", message: error.message },
