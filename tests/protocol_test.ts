@@ -299,6 +299,32 @@ Deno.test("at MAX_CONNECTIONS new upgrades get 503", async () => {
   );
 });
 
+Deno.test("an upgrade without Sec-WebSocket-Key gets 400, counted as bad_upgrade", async () => {
+  await using srv = await startTestServer();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        "GET /ws/chat/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+      ),
+    );
+    const buf = new Uint8Array(4096);
+    const n = await conn.read(buf);
+    assert.match(
+      new TextDecoder().decode(buf.subarray(0, n!)),
+      /^HTTP\/1\.1 400 /,
+    );
+  } finally {
+    conn.close();
+  }
+  assert.equal(
+    metricValue(await srv.metrics(), "websocket_errors_total", {
+      error_type: "bad_upgrade",
+    }),
+    1,
+  );
+});
+
 Deno.test("a plain GET on /ws/chat/ gets 426 Upgrade Required", async () => {
   await using srv = await startTestServer();
   const res = await fetch(srv.http("/ws/chat/"));
