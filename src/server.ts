@@ -91,6 +91,8 @@ export async function startServer(settings: Settings): Promise<Server> {
   const metrics: Metrics = new Metrics(settings.color, {
     activeConnections: (): number => hub.size,
     ready: (): boolean => lifecycle.state === "ready" && store.available,
+    drainingSeconds: (): number | undefined =>
+      lifecycle.state === "draining" ? lifecycle.drainSeconds : undefined,
   });
   const store = createStore(settings, metrics);
   const hub: Hub = new Hub(
@@ -202,6 +204,8 @@ async function runDrain(reason: string, ctx: {
   );
   const shutdownSeconds = (performance.now() - start) / 1000;
   metrics.shutdownTime.set(shutdownSeconds);
+  // Every socket is closed or forced: the drain's time is final from here.
+  lifecycle.stop();
   if (result.forced > 0) {
     log.warning("Drain deadline reached: forcing {forced} sockets closed", {
       forced: result.forced,
@@ -211,7 +215,6 @@ async function runDrain(reason: string, ctx: {
   await http.shutdown();
   await store.close();
   metrics.close();
-  lifecycle.stop();
   const overran = shutdownSeconds > settings.shutdownTimeoutS;
   log.info("Drain complete", {
     shutdown_seconds: round6(shutdownSeconds),

@@ -66,6 +66,7 @@ Deno.test("/readyz is 503 starting before ready, /healthz already 200", async ()
   const metrics = new Metrics("blue", {
     activeConnections: () => 0,
     ready: () => lifecycle.state === "ready",
+    drainingSeconds: () => undefined,
   });
   const store = new MemorySessionStore(60);
   const hub = new Hub(

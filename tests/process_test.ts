@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import {
   DENO,
+  metricValue,
   rawUpgrade,
   ROOT,
   spawnServer,
@@ -65,7 +66,7 @@ Deno.test("SIGTERM drains 1,000 sockets: bye with the total, 1001, exit 0 inside
 });
 
 Deno.test("a drain that hits its deadline forces the silent sockets, logs how many, exits 0", async () => {
-  await using proc = await spawnServer({ SHUTDOWN_TIMEOUT_S: "1" });
+  await using proc = await spawnServer({ SHUTDOWN_TIMEOUT_S: "2" });
   // A client that never answers the close handshake, and one that does.
   using silent = await rawUpgrade(proc.port, "/ws/chat/");
   assert.equal(silent.status, 101);
@@ -77,6 +78,15 @@ Deno.test("a drain that hits its deadline forces the silent sockets, logs how ma
     "two connections",
   );
   proc.child.kill("SIGTERM");
+  // A scrape during the drain sees its time so far, and the instance not ready.
+  const during = await until(async () => {
+    const text = await (await fetch(`http://127.0.0.1:${proc.port}/metrics`))
+      .text();
+    return metricValue(text, "app_shutdown_time_seconds") > 0
+      ? text
+      : undefined;
+  }, "a scrape during the drain");
+  assert.equal(metricValue(during, "app_ready"), 0);
   const status = await within(proc.status, "exit", 5_000);
   assert.equal(status.code, 0);
   assert.equal((await polite.closed).code, 1001);
@@ -92,7 +102,7 @@ Deno.test("a drain that hits its deadline forces the silent sockets, logs how ma
   assert.equal(done.closed, 1);
   assert.equal(done.forced, 1);
   assert.ok(
-    done.shutdown_seconds <= 1,
+    done.shutdown_seconds <= 2,
     `shutdown_seconds ${done.shutdown_seconds}`,
   );
 });

@@ -133,6 +133,8 @@ export interface MetricsSources {
   activeConnections(): number;
   /** Whether `/readyz` answers 200 now (ready state, store available). */
   ready(): boolean;
+  /** Seconds since the running drain started; `undefined` when not draining. */
+  drainingSeconds(): number | undefined;
 }
 
 /**
@@ -265,8 +267,14 @@ export class Metrics {
     });
     this.shutdownTime = new Gauge({
       name: "app_shutdown_time_seconds",
-      help: "Seconds from drain start to all sockets closed, last drain.",
+      help: "Seconds from drain start to all sockets closed, last drain " +
+        "(while a drain runs: its time so far).",
       registers,
+      collect() {
+        // A scrape during a slow drain sees it grow, before the process exits.
+        const running = sources.drainingSeconds();
+        if (running !== undefined) this.set(running);
+      },
     });
     new Gauge({
       name: "app_info",
