@@ -240,9 +240,6 @@ export function stdoutIsTerminal(): boolean {
 
 /** Standard streams as web streams, for sinks and readers. */
 export const stdio = {
-  get stdout(): WritableStream<Uint8Array> {
-    return Deno.stdout.writable;
-  },
   get stdin(): ReadableStream<Uint8Array> {
     return Deno.stdin.readable;
   },

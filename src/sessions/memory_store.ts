@@ -78,11 +78,6 @@ export class MemorySessionStore implements SessionStore {
     unrefTimer(this.#sweeper);
   }
 
-  /** Sessions held in memory now, live or awaiting expiry. */
-  get size(): number {
-    return this.#sessions.size;
-  }
-
   attach(id: string): SessionHandle {
     let record = this.#sessions.get(id);
     const live = record !== undefined &&
