@@ -98,26 +98,34 @@ const PATTERNS = [
 export function eventBuilder(
   color: string,
 ): (record: LogRecord) => Record<string, unknown> {
-  const build = (record: LogRecord): Record<string, unknown> => {
+  // The message and the context go through the patterns; the fields this
+  // builder writes itself (timestamp, level, logger, color) cannot hold
+  // personal data and are left out of the scan.
+  const scanned = redactByPattern((record: LogRecord) => {
+    const values: Record<string, unknown> = { message: renderMessage(record) };
+    for (const key in record.properties) {
+      values[key] = plain(record.properties[key]);
+    }
+    return [values];
+  }, PATTERNS);
+  return (record: LogRecord): Record<string, unknown> => {
+    const { message, ...context } = scanned(record)[0] as Record<
+      string,
+      unknown
+    >;
     const line: Record<string, unknown> = {
       timestamp: new Date(record.timestamp).toISOString(),
       level: TO_CONTRACT[record.level],
       logger: record.category.join("."),
-      message: renderMessage(record),
+      message,
       color,
     };
     addTraceContext(line, record);
-    for (const key in record.properties) {
-      if (!(key in line)) line[key] = plain(record.properties[key]);
+    for (const key in context) {
+      if (!(key in line)) line[key] = context[key];
     }
     return line;
   };
-  // LogTape's pattern redaction walks the values of a console formatter's output.
-  const redacted = redactByPattern(
-    (record: LogRecord) => [build(record)],
-    PATTERNS,
-  );
-  return (record) => redacted(record)[0] as Record<string, unknown>;
 }
 
 /**
