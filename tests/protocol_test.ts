@@ -226,9 +226,15 @@ Deno.test("a burst over RATE_LIMIT_PER_S is cut off and counted as 1008", async 
   for (let i = 0; i < 50; i++) c.ws.send("flood");
   await c.closed;
   // Frames already in flight after the close make the runtime drop the TCP
-  // connection, so the client may not see the code; the server counts it.
+  // connection (a reset may also discard replies the client had not read),
+  // so the client may not see the code; the server counts it. Nothing past
+  // the bucket's five frames is ever answered.
   const replies = c.received.filter((f) => f.startsWith('{"count": '));
-  assert.equal(replies.length, 5);
+  assert.ok(replies.length <= 5, `${replies.length} replies`);
+  assert.deepEqual(
+    replies,
+    Array.from({ length: replies.length }, (_, i) => `{"count": ${i + 1}}`),
+  );
   await until(
     async () =>
       metricValue(await srv.metrics(), "websocket_disconnects_total", {
