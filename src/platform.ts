@@ -12,8 +12,6 @@ export interface HttpServer {
   readonly port: number;
   /** The bound address. */
   readonly hostname: string;
-  /** Settles when the server has stopped. */
-  readonly finished: Promise<void>;
   /**
    * Stops accepting, closes remaining WebSockets with 1001 and waits for
    * in-flight requests. Call only after the drain has closed its sockets.
@@ -43,13 +41,12 @@ export type Handler = (
  * @throws {Deno.errors.AddrInUse} When the port is taken.
  */
 export function serve(
-  options: { hostname: string; port: number; signal?: AbortSignal },
+  options: { hostname: string; port: number },
   handler: Handler,
 ): HttpServer {
   const server = Deno.serve({
     hostname: options.hostname,
     port: options.port,
-    signal: options.signal,
     onListen() {},
   }, (req, info) => {
     const addr = info.remoteAddr as Deno.NetAddr;
@@ -59,7 +56,6 @@ export function serve(
   return {
     port: addr.port,
     hostname: addr.hostname,
-    finished: server.finished,
     shutdown: () => server.shutdown(),
   };
 }
