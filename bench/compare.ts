@@ -14,7 +14,9 @@
  * `memory-quiet` (sockeye with LOG_LEVEL=warning: no per-connection lines),
  * `redis` (sockeye with REDIS_URL; starts its own redis-server),
  * `otel-off`, `otel-default`, `otel-all` (sockeye with OTEL_DENO and the
- * sampler settings, exporting to a local sink that discards).
+ * sampler settings, exporting to a local sink that discards),
+ * `memory@REV` (sockeye at git revision REV, defaults: a before/after
+ * comparison in one run, e.g. `--targets bare,memory@HEAD~3,memory`).
  *
  * @module
  */
@@ -71,11 +73,15 @@ function spawn(args: string[], env: Record<string, string>) {
   }).spawn();
 }
 
-function sockeye(name: string, env: Record<string, string>): Target {
+function sockeye(
+  name: string,
+  env: Record<string, string>,
+  root = ROOT,
+): Target {
   return {
     name,
     async start(port) {
-      const child = spawn(["run", "-A", `${ROOT}main.ts`, "serve"], {
+      const child = spawn(["run", "-A", `${root}main.ts`, "serve"], {
         PORT: String(port),
         HOST: "127.0.0.1",
         ...env,
@@ -102,6 +108,29 @@ function startOtlpSink(): { url: string; close(): Promise<void> } {
       ac.abort();
       await server.finished;
     },
+  };
+}
+
+/** Extracts the tree at a git revision into a temporary folder. */
+async function checkout(
+  rev: string,
+): Promise<{ root: string; remove(): Promise<void> }> {
+  const dir = await Deno.makeTempDir({ prefix: "sockeye-bench-rev-" });
+  const archive = new Deno.Command("git", {
+    args: ["-C", ROOT, "archive", "--format=tar", rev],
+    stdout: "piped",
+  }).spawn();
+  const tar = new Deno.Command("tar", {
+    args: ["-x", "-C", dir],
+    stdin: "piped",
+  }).spawn();
+  await archive.stdout.pipeTo(tar.stdin);
+  if (!(await archive.status).success || !(await tar.status).success) {
+    throw new Error(`Cannot check out revision ${rev}`);
+  }
+  return {
+    root: dir + "/",
+    remove: () => Deno.remove(dir, { recursive: true }),
   };
 }
 
@@ -167,6 +196,10 @@ for (const name of values.targets.split(",")) {
     });
   } else if (name === "memory") {
     targets.push(sockeye(name, {}));
+  } else if (name.startsWith("memory@")) {
+    const tree = await checkout(name.slice("memory@".length));
+    cleanups.push(tree.remove);
+    targets.push(sockeye(name, {}, tree.root));
   } else if (name === "memory-quiet") {
     targets.push(sockeye(name, { LOG_LEVEL: "warning" }));
   } else if (name === "redis") {
