@@ -5,6 +5,7 @@
  *
  * @module
  */
+import process from "node:process";
 
 /** A listening HTTP server. */
 export interface HttpServer {
@@ -160,11 +161,15 @@ export function memoryUsage(): {
 /**
  * Counts this process's open file descriptors from `/proc/self/fd`.
  *
+ * Deno 2.9 lets only `--allow-all` read `/proc/self`, whatever `--allow-read`
+ * names.
+ *
  * @returns The count, or `undefined` where `/proc` is missing or unreadable.
  */
 export function openFds(): number | undefined {
   try {
-    let n = 0;
+    // The listing includes the descriptor reading it: start at -1.
+    let n = -1;
     for (const _ of Deno.readDirSync("/proc/self/fd")) n++;
     return n;
   } catch {
@@ -173,7 +178,8 @@ export function openFds(): number | undefined {
 }
 
 /**
- * Reads the soft limit on open files from `/proc/self/limits`.
+ * Reads the soft limit on open files from `/proc/self/limits` (needs
+ * `--allow-all`, as {@link openFds}).
  *
  * @returns The limit, or `undefined` where it cannot be read.
  */
@@ -188,20 +194,15 @@ export function maxFds(): number | undefined {
 }
 
 /**
- * Reads this process's CPU time from `/proc/self/stat` (fields 14 and 15,
- * in clock ticks of 1/100 s, the Linux default `CLK_TCK`).
+ * Reads this process's CPU time since it started, from `getrusage(2)`
+ * through `node:process` (µs resolution, no permission needed; `/proc/self/stat`
+ * needs `--allow-all` on Deno).
  *
- * @returns User and system CPU seconds, or `undefined` where `/proc` is missing.
+ * @returns User and system CPU seconds.
  */
-export function cpuSeconds(): { user: number; system: number } | undefined {
-  try {
-    const stat = Deno.readTextFileSync("/proc/self/stat");
-    // The command name (field 2) may hold spaces; count fields after its ')'.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return { user: Number(fields[11]) / 100, system: Number(fields[12]) / 100 };
-  } catch {
-    return undefined;
-  }
+export function cpuSeconds(): { user: number; system: number } {
+  const { user, system } = process.cpuUsage();
+  return { user: user / 1e6, system: system / 1e6 };
 }
 
 /** A timer handle as `setTimeout`/`setInterval` return it. */

@@ -94,6 +94,7 @@ export async function startServer(settings: Settings): Promise<Server> {
     drainingSeconds: (): number | undefined =>
       lifecycle.state === "draining" ? lifecycle.drainSeconds : undefined,
   });
+  metrics.start();
   const store = createStore(settings, metrics);
   const hub: Hub = new Hub(
     {
@@ -114,7 +115,7 @@ export async function startServer(settings: Settings): Promise<Server> {
     );
   } catch (error) {
     hub.stopHeartbeat();
-    metrics.close();
+    metrics[Symbol.dispose]();
     await store.close();
     throw error;
   }
@@ -214,7 +215,7 @@ async function runDrain(reason: string, ctx: {
   // Closes what is left (1001) and waits for in-flight HTTP requests.
   await http.shutdown();
   await store.close();
-  metrics.close();
+  metrics[Symbol.dispose]();
   const overran = shutdownSeconds > settings.shutdownTimeoutS;
   log.info("Drain complete", {
     shutdown_seconds: round6(shutdownSeconds),

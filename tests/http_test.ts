@@ -93,7 +93,7 @@ Deno.test("/readyz is 503 starting before ready, /healthz already 200", async ()
     assert.equal((await app.request("/healthz")).status, 200);
   } finally {
     hub.stopHeartbeat();
-    metrics.close();
+    metrics[Symbol.dispose]();
     await store.close();
   }
 });

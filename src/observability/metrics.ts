@@ -2,10 +2,11 @@
  * Metrics: the contract's Prometheus metrics, through prom-client.
  *
  * Per-connection events (accept, close, error) update prom-client directly.
- * Per-frame figures are plain numbers in {@link FrameStats} that prom-client
- * reads at scrape time through each metric's `collect()`: a labelled
- * `inc()` and a `Histogram.observe()` per frame cost the hot path 0.8–0.9×
- * of its throughput, plain additions next to nothing.
+ * Per-frame figures are plain numbers in {@link FrameStats}, read only at
+ * scrape time (a counter's `collect()`, a {@link CollectedHistogram}): a
+ * labelled `inc()` and a `Histogram.observe()` per frame cost the hot path
+ * 0.8–0.9× of its throughput, plain additions next to nothing. The `process_*`
+ * metrics come from process_metrics.ts.
  *
  * Every metric carries the default label `color`.
  *
@@ -18,34 +19,13 @@ import {
   type PrometheusContentType,
   Registry,
 } from "prom-client";
-import {
-  cpuSeconds,
-  maxFds,
-  memoryUsage,
-  openFds,
-  runtimeVersion,
-  type Timer,
-  unrefTimer,
-} from "../platform.ts";
+import { runtimeVersion } from "../platform.ts";
 import { VERSION } from "../version.ts";
+import { CollectedHistogram } from "./collector.ts";
+import { FrameStats, MESSAGE_DURATION_BUCKETS } from "./frame_stats.ts";
+import { LoopLagMonitor, registerProcessMetrics } from "./process_metrics.ts";
 
-/** Upper bounds in seconds of `websocket_message_duration_seconds`. */
-export const MESSAGE_DURATION_BUCKETS: readonly number[] = [
-  0.00005,
-  0.0001,
-  0.00025,
-  0.0005,
-  0.001,
-  0.0025,
-  0.005,
-  0.01,
-  0.025,
-  0.05,
-  0.1,
-  0.25,
-  0.5,
-  1,
-];
+export { FrameStats, MESSAGE_DURATION_BUCKETS };
 
 /**
  * Every `error_type` of `websocket_errors_total`, each exported from the
@@ -85,48 +65,6 @@ export const HTTP_DURATION_BUCKETS: readonly number[] = [
   5,
 ];
 
-/**
- * Per-frame counters and the message-latency histogram as plain numbers,
- * updated on the hot path without allocation.
- */
-export class FrameStats {
-  /** Text frames received. */
-  received = 0;
-  /** Replies sent (`{"count": n}` and error answers). */
-  sent = 0;
-  /** Heartbeat frames sent. */
-  heartbeat = 0;
-  /** Non-cumulative bucket counts; the last slot is +Inf. */
-  readonly buckets: Float64Array = new Float64Array(
-    MESSAGE_DURATION_BUCKETS.length + 1,
-  );
-  /** Sum of observed durations in seconds. */
-  durationSum = 0;
-  /** Number of observed durations. */
-  durationCount = 0;
-
-  /**
-   * Records one receive → reply-queued duration.
-   *
-   * @param seconds Elapsed time in seconds.
-   */
-  observe(seconds: number): void {
-    let i = 0;
-    const bounds = MESSAGE_DURATION_BUCKETS;
-    while (i < bounds.length && seconds > bounds[i]!) i++;
-    this.buckets[i]!++;
-    this.durationSum += seconds;
-    this.durationCount++;
-  }
-}
-
-/** prom-client keeps a histogram's unlabelled series under this key. */
-interface HistogramSeries {
-  bucketValues: Record<number, number>;
-  sum: number;
-  count: number;
-}
-
 /** Values the metrics read from the running service at scrape time. */
 export interface MetricsSources {
   /** Sockets open now. */
@@ -140,9 +78,11 @@ export interface MetricsSources {
 /**
  * The service's metric registry.
  *
- * Create one per server; tests run several in one process.
+ * Create one per server; tests run several in one process. Creating it
+ * starts nothing; {@link Metrics.start} starts the event-loop lag timer and
+ * disposing stops it.
  */
-export class Metrics {
+export class Metrics implements Disposable {
   /** The prom-client registry serving `/metrics`. */
   readonly registry: Registry<PrometheusContentType>;
   /** Hot-path figures, read at scrape time. */
@@ -170,7 +110,8 @@ export class Metrics {
   #lag: LoopLagMonitor;
 
   /**
-   * Creates and registers every metric in a new registry.
+   * Creates and registers every metric in a new registry; starts nothing
+   * (see {@link Metrics.start}).
    *
    * @param color Value of the default `color` label.
    * @param sources Live values read at scrape time.
@@ -211,22 +152,16 @@ export class Metrics {
     for (const type of ["received", "sent", "heartbeat"]) {
       messages.labels(type).inc(0);
     }
-    new Histogram({
+    new CollectedHistogram({
       name: "websocket_message_duration_seconds",
       help: "Time from receiving a text frame to queueing its reply.",
-      buckets: [...MESSAGE_DURATION_BUCKETS],
+      buckets: MESSAGE_DURATION_BUCKETS,
       registers,
-      collect() {
-        // prom-client has no bulk observe; fill its unlabelled series in place.
-        const series = (this as unknown as {
-          hashMap: Record<string, HistogramSeries>;
-        }).hashMap[""]!;
-        MESSAGE_DURATION_BUCKETS.forEach((bound, i) => {
-          series.bucketValues[bound] = frames.buckets[i]!;
-        });
-        series.sum = frames.durationSum;
-        series.count = frames.durationCount;
-      },
+      read: () => ({
+        counts: frames.buckets,
+        sum: frames.durationSum,
+        count: frames.durationCount,
+      }),
     });
     this.errors = new Counter({
       name: "websocket_errors_total",
@@ -300,6 +235,11 @@ export class Metrics {
     registerProcessMetrics(registry, this.#lag);
   }
 
+  /** Starts the event-loop lag timer (`process_event_loop_lag_seconds`). */
+  start(): void {
+    this.#lag.start();
+  }
+
   /**
    * Counts one refused or failed operation.
    *
@@ -325,135 +265,26 @@ export class Metrics {
           ? Registry.OPENMETRICS_CONTENT_TYPE as PrometheusContentType
           : Registry.PROMETHEUS_CONTENT_TYPE,
       );
-      return {
-        body: await this.registry.metrics(),
-        contentType: this.registry.contentType,
-      };
+      // prom-client 15.1.3 strips `_total` from counters' names in place for
+      // OpenMetrics; put the names back so a later text scrape keeps it
+      // (prometheus/client_js#829).
+      const metrics = this.registry.getMetricsAsArray();
+      const names = metrics.map((m) => m.name);
+      try {
+        return {
+          body: await this.registry.metrics(),
+          contentType: this.registry.contentType,
+        };
+      } finally {
+        metrics.forEach((m, i) => m.name = names[i]!);
+      }
     });
     this.#scrapes = next.catch(() => {});
     return next;
   }
 
   /** Stops the event-loop lag timer. */
-  close(): void {
-    this.#lag.stop();
+  [Symbol.dispose](): void {
+    this.#lag[Symbol.dispose]();
   }
-}
-
-/**
- * Measures event-loop lag as timer drift: a timer due every 250 ms that
- * fires late shows how long the loop was blocked. Reports the largest drift
- * of the last 10-20 s, so a short block is still visible at the next scrape.
- */
-class LoopLagMonitor {
-  static readonly INTERVAL_MS = 250;
-  static readonly WINDOW_MS = 10_000;
-  #current = 0;
-  #previous = 0;
-  #windowStart = performance.now();
-  #last = performance.now();
-  #timer: Timer;
-
-  constructor() {
-    this.#timer = setInterval(() => this.#tick(), LoopLagMonitor.INTERVAL_MS);
-    unrefTimer(this.#timer);
-  }
-
-  #tick(): void {
-    const now = performance.now();
-    const lag = Math.max(0, now - this.#last - LoopLagMonitor.INTERVAL_MS);
-    this.#last = now;
-    if (now - this.#windowStart >= LoopLagMonitor.WINDOW_MS) {
-      this.#previous = this.#current;
-      this.#current = 0;
-      this.#windowStart = now;
-    }
-    if (lag > this.#current) this.#current = lag;
-  }
-
-  /** @returns The largest drift in the last window or two, in seconds. */
-  maxLagSeconds(): number {
-    // A loop blocked right now has not ticked yet: count the wait so far too.
-    const pending = Math.max(
-      0,
-      performance.now() - this.#last - LoopLagMonitor.INTERVAL_MS,
-    );
-    return Math.max(this.#current, this.#previous, pending) / 1000;
-  }
-
-  stop(): void {
-    clearInterval(this.#timer);
-  }
-}
-
-const START_TIME_S = (Date.now() - performance.now()) / 1000;
-
-function registerProcessMetrics(
-  registry: Registry<PrometheusContentType>,
-  lag: LoopLagMonitor,
-): void {
-  const registers = [registry];
-  const cpu = (key: "user" | "system" | "total") =>
-    function (this: Counter) {
-      const s = cpuSeconds();
-      if (s === undefined) return;
-      const value = key === "total" ? s.user + s.system : s[key];
-      this.reset();
-      this.inc(value);
-    };
-  new Counter({
-    name: "process_cpu_user_seconds_total",
-    help: "User CPU time spent in seconds.",
-    registers,
-    collect: cpu("user"),
-  });
-  new Counter({
-    name: "process_cpu_system_seconds_total",
-    help: "System CPU time spent in seconds.",
-    registers,
-    collect: cpu("system"),
-  });
-  new Counter({
-    name: "process_cpu_seconds_total",
-    help: "Total user and system CPU time spent in seconds.",
-    registers,
-    collect: cpu("total"),
-  });
-  const gauge = (name: string, help: string, read: () => number | undefined) =>
-    new Gauge({
-      name,
-      help,
-      registers,
-      collect() {
-        const v = read();
-        if (v !== undefined) this.set(v);
-      },
-    });
-  gauge(
-    "process_resident_memory_bytes",
-    "Resident memory size in bytes.",
-    () => memoryUsage().rss,
-  );
-  gauge(
-    "process_heap_used_bytes",
-    "JavaScript heap in use, in bytes.",
-    () => memoryUsage().heapUsed,
-  );
-  gauge(
-    "process_heap_total_bytes",
-    "JavaScript heap reserved, in bytes.",
-    () => memoryUsage().heapTotal,
-  );
-  gauge("process_open_fds", "Number of open file descriptors.", openFds);
-  gauge("process_max_fds", "Maximum number of open file descriptors.", maxFds);
-  gauge(
-    "process_start_time_seconds",
-    "Start time of the process since the Unix epoch in seconds.",
-    () => START_TIME_S,
-  );
-  gauge(
-    "process_event_loop_lag_seconds",
-    "Largest event-loop timer drift over the last 10-20 s, in seconds.",
-    () => lag.maxLagSeconds(),
-  );
 }
