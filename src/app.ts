@@ -15,6 +15,7 @@ import { logger } from "./observability/logging.ts";
 import type { Metrics } from "./observability/metrics.ts";
 import {
   activeSpan,
+  KNOWN_HTTP_METHODS,
   nameServerSpan,
   recordError,
 } from "./observability/tracing.ts";
@@ -83,6 +84,18 @@ function wantsSubprotocol(header: string | undefined): boolean {
 }
 
 /**
+ * The `method` label of the HTTP metrics: one of the methods OpenTelemetry
+ * calls known (RFC 9110 and PATCH), else `other`, so that made-up methods
+ * cannot grow the label set.
+ *
+ * @param method The request method as received (case-sensitive).
+ * @returns The method, or `other`.
+ */
+export function methodLabel(method: string): string {
+  return KNOWN_HTTP_METHODS.has(method) ? method : "other";
+}
+
+/**
  * Builds the Hono app.
  *
  * @param deps Settings, lifecycle, metrics, hub and store.
@@ -103,12 +116,16 @@ export function createApp(deps: AppDeps): Hono<Env> {
     // Responses built outside Hono (the 101) miss headers set by c.header().
     if (!res.headers.has("X-Request-ID")) res.headers.set("X-Request-ID", id);
     const route = routePath(c, -1);
-    const endpoint = route === "*" || route === "/*" ? "unmatched" : route;
+    const matched = route !== "*" && route !== "/*";
+    const endpoint = matched ? route : "unmatched";
     const method = c.req.method;
-    nameServerSpan(method, endpoint);
+    nameServerSpan(method, matched ? route : undefined);
     const seconds = (performance.now() - start) / 1000;
-    metrics.httpRequests.labels(method, endpoint, String(res.status)).inc();
-    metrics.httpDuration.labels(method, endpoint).observe(seconds);
+    // Every label from a fixed set: the method, the route table, and a status
+    // this app chose (a client cannot make up any of them).
+    const label = methodLabel(method);
+    metrics.httpRequests.labels(label, endpoint, String(res.status)).inc();
+    metrics.httpDuration.labels(label, endpoint).observe(seconds);
     httpLog.debug("{method} {path} {status}", {
       method,
       path: c.req.path,
