@@ -78,9 +78,39 @@ export function sessionIdFrom(url: URL): string {
   return crypto.randomUUID();
 }
 
+// A comma-separated list; whitespace around the commas is optional (RFC 9110 §5.6.1).
 function wantsSubprotocol(header: string | undefined): boolean {
   if (!header) return false;
   return header.split(",").some((p) => p.trim() === SUBPROTOCOL);
+}
+
+/** The base64 encoding of 16 bytes: 22 characters and `==` (RFC 6455 §4.1). */
+const WEBSOCKET_KEY_RE = /^[A-Za-z0-9+/]{22}==$/;
+
+/**
+ * Checks the handshake headers Deno's upgrade does not: the protocol version
+ * and the form of the key (RFC 6455 §4.2.1).
+ *
+ * @param headers The upgrade request's headers.
+ * @throws {HttpError} 400 `bad_upgrade` when `Sec-WebSocket-Version` is not
+ * `13` (with `Sec-WebSocket-Version: 13`, RFC 6455 §4.4), or when
+ * `Sec-WebSocket-Key` is missing or not the base64 encoding of 16 bytes.
+ */
+export function checkHandshake(headers: Headers): void {
+  if (headers.get("sec-websocket-version") !== "13") {
+    throw new HttpError(400, "Cannot use Sec-WebSocket-Version: expected 13", {
+      errorType: "bad_upgrade",
+      headers: { "Sec-WebSocket-Version": "13" },
+    });
+  }
+  const key = headers.get("sec-websocket-key");
+  if (key === null || !WEBSOCKET_KEY_RE.test(key)) {
+    throw new HttpError(
+      400,
+      "Cannot use Sec-WebSocket-Key: expected the base64 encoding of 16 bytes",
+      { errorType: "bad_upgrade" },
+    );
+  }
 }
 
 /**
@@ -253,6 +283,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
         headers: { Upgrade: "websocket" },
       });
     }
+    checkHandshake(req.headers);
     if (!lifecycle.acceptingUpgrades) {
       throw new HttpError(503, "Server is shutting down", {
         errorType: "draining",
