@@ -15,6 +15,7 @@ import { logger } from "./observability/logging.ts";
 import type { Metrics } from "./observability/metrics.ts";
 import {
   activeSpan,
+  KNOWN_HTTP_METHODS,
   nameServerSpan,
   recordError,
 } from "./observability/tracing.ts";
@@ -77,9 +78,51 @@ export function sessionIdFrom(url: URL): string {
   return crypto.randomUUID();
 }
 
+// A comma-separated list; whitespace around the commas is optional (RFC 9110 §5.6.1).
 function wantsSubprotocol(header: string | undefined): boolean {
   if (!header) return false;
   return header.split(",").some((p) => p.trim() === SUBPROTOCOL);
+}
+
+/** The base64 encoding of 16 bytes: 22 characters and `==` (RFC 6455 §4.1). */
+const WEBSOCKET_KEY_RE = /^[A-Za-z0-9+/]{22}==$/;
+
+/**
+ * Checks the handshake headers Deno's upgrade does not: the protocol version
+ * and the form of the key (RFC 6455 §4.2.1).
+ *
+ * @param headers The upgrade request's headers.
+ * @throws {HttpError} 400 `bad_upgrade` when `Sec-WebSocket-Version` is not
+ * `13` (with `Sec-WebSocket-Version: 13`, RFC 6455 §4.4), or when
+ * `Sec-WebSocket-Key` is missing or not the base64 encoding of 16 bytes.
+ */
+export function checkHandshake(headers: Headers): void {
+  if (headers.get("sec-websocket-version") !== "13") {
+    throw new HttpError(400, "Cannot use Sec-WebSocket-Version: expected 13", {
+      errorType: "bad_upgrade",
+      headers: { "Sec-WebSocket-Version": "13" },
+    });
+  }
+  const key = headers.get("sec-websocket-key");
+  if (key === null || !WEBSOCKET_KEY_RE.test(key)) {
+    throw new HttpError(
+      400,
+      "Cannot use Sec-WebSocket-Key: expected the base64 encoding of 16 bytes",
+      { errorType: "bad_upgrade" },
+    );
+  }
+}
+
+/**
+ * The `method` label of the HTTP metrics: one of the methods OpenTelemetry
+ * calls known (RFC 9110 and PATCH), else `other`, so that made-up methods
+ * cannot grow the label set.
+ *
+ * @param method The request method as received (case-sensitive).
+ * @returns The method, or `other`.
+ */
+export function methodLabel(method: string): string {
+  return KNOWN_HTTP_METHODS.has(method) ? method : "other";
 }
 
 /**
@@ -103,12 +146,16 @@ export function createApp(deps: AppDeps): Hono<Env> {
     // Responses built outside Hono (the 101) miss headers set by c.header().
     if (!res.headers.has("X-Request-ID")) res.headers.set("X-Request-ID", id);
     const route = routePath(c, -1);
-    const endpoint = route === "*" || route === "/*" ? "unmatched" : route;
+    const matched = route !== "*" && route !== "/*";
+    const endpoint = matched ? route : "unmatched";
     const method = c.req.method;
-    nameServerSpan(method, endpoint);
+    nameServerSpan(method, matched ? route : undefined);
     const seconds = (performance.now() - start) / 1000;
-    metrics.httpRequests.labels(method, endpoint, String(res.status)).inc();
-    metrics.httpDuration.labels(method, endpoint).observe(seconds);
+    // Every label from a fixed set: the method, the route table, and a status
+    // this app chose (a client cannot make up any of them).
+    const label = methodLabel(method);
+    metrics.httpRequests.labels(label, endpoint, String(res.status)).inc();
+    metrics.httpDuration.labels(label, endpoint).observe(seconds);
     httpLog.debug("{method} {path} {status}", {
       method,
       path: c.req.path,
@@ -236,6 +283,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
         headers: { Upgrade: "websocket" },
       });
     }
+    checkHandshake(req.headers);
     if (!lifecycle.acceptingUpgrades) {
       throw new HttpError(503, "Server is shutting down", {
         errorType: "draining",

@@ -63,7 +63,10 @@ export function serve(
 
 /** Options for {@link upgradeWebSocket}. */
 export interface UpgradeOptions {
-  /** Subprotocol to confirm in `Sec-WebSocket-Protocol`, if any. */
+  /**
+   * Subprotocol to confirm in `Sec-WebSocket-Protocol`, if any; the caller
+   * has found it in the request's list.
+   */
   readonly protocol?: string;
   /** Seconds without a pong before the runtime closes with 1001; 0 turns it off. */
   readonly idleTimeoutS: number;
@@ -84,10 +87,16 @@ export function upgradeWebSocket(
   req: Request,
   options: UpgradeOptions,
 ): { socket: WebSocket; response: Response } {
-  return Deno.upgradeWebSocket(req, {
-    protocol: options.protocol,
+  // Deno looks for `protocol` in the request's list split at ", " only, so a
+  // list written `a,b` (valid: the space is optional, RFC 9110 §5.6.1) would
+  // be refused. The caller parsed the list; confirm the protocol here.
+  const upgraded = Deno.upgradeWebSocket(req, {
     idleTimeout: options.idleTimeoutS,
   });
+  if (options.protocol !== undefined) {
+    upgraded.response.headers.set("Sec-WebSocket-Protocol", options.protocol);
+  }
+  return upgraded;
 }
 
 /** The close reason Deno uses when a socket missed its pong. */

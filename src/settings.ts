@@ -93,6 +93,25 @@ export type Env = Readonly<Record<string, string | undefined>>;
 const COLOR_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 
 /**
+ * The longest duration setting, in seconds: timers take at most 2^31 − 1 ms,
+ * and a longer delay fires after 1 ms instead.
+ */
+export const MAX_DURATION_S = 2147483.647;
+
+/**
+ * The shortest duration that must be above 0, in seconds: heartbeats and the
+ * session sweep repeat at this interval, and a sub-millisecond one would fire
+ * as fast as the event loop turns.
+ */
+export const MIN_DURATION_S = 0.01;
+
+/**
+ * Seconds the exit watchdog runs past `SHUTDOWN_TIMEOUT_S`; the sum is a
+ * timer too, so it bounds that setting.
+ */
+const WATCHDOG_MARGIN_S = 5;
+
+/**
  * Parses the environment into {@link Settings}.
  *
  * Empty values count as unset. Unknown variables are ignored.
@@ -135,6 +154,18 @@ export function parseSettings(env: Env): Settings {
     }
     return value;
   };
+  // A duration in seconds, short enough for a timer (see MAX_DURATION_S).
+  const seconds = (
+    name: string,
+    fallback: number,
+    opts: { min: number; max?: number; integer?: boolean },
+  ): number =>
+    number(name, fallback, {
+      min: opts.min,
+      max: opts.max ??
+        (opts.integer ? Math.floor(MAX_DURATION_S) : MAX_DURATION_S),
+      integer: opts.integer,
+    });
   const choice = <T extends string>(
     name: string,
     fallback: T,
@@ -183,11 +214,11 @@ export function parseSettings(env: Env): Settings {
     }
   }
 
-  const shutdownTimeoutS = number("SHUTDOWN_TIMEOUT_S", 10, {
-    min: 0,
-    positive: true,
+  const shutdownTimeoutS = seconds("SHUTDOWN_TIMEOUT_S", 10, {
+    min: MIN_DURATION_S,
+    max: round3(MAX_DURATION_S - WATCHDOG_MARGIN_S),
   });
-  const drainDelayS = number("DRAIN_DELAY_S", 0, { min: 0 });
+  const drainDelayS = seconds("DRAIN_DELAY_S", 0, { min: 0 });
   if (drainDelayS >= shutdownTimeoutS) {
     throw new SettingsError(
       "DRAIN_DELAY_S",
@@ -201,13 +232,12 @@ export function parseSettings(env: Env): Settings {
     host: read("HOST") ?? "0.0.0.0",
     color,
     redisUrl,
-    heartbeatIntervalS: number("HEARTBEAT_INTERVAL_S", 30, {
-      min: 0,
-      positive: true,
+    heartbeatIntervalS: seconds("HEARTBEAT_INTERVAL_S", 30, {
+      min: MIN_DURATION_S,
     }),
     shutdownTimeoutS,
     drainDelayS,
-    sessionTtlS: number("SESSION_TTL_S", 3600, { min: 0, positive: true }),
+    sessionTtlS: seconds("SESSION_TTL_S", 3600, { min: MIN_DURATION_S }),
     maxMessageBytes: number("MAX_MESSAGE_BYTES", 65536, {
       min: 1,
       max: 64 * 1024 * 1024,
@@ -215,7 +245,7 @@ export function parseSettings(env: Env): Settings {
     }),
     maxConnections: number("MAX_CONNECTIONS", 0, { min: 0, integer: true }),
     rateLimitPerS: number("RATE_LIMIT_PER_S", 0, { min: 0 }),
-    idleTimeoutS: number("IDLE_TIMEOUT_S", 60, { min: 0, integer: true }),
+    idleTimeoutS: seconds("IDLE_TIMEOUT_S", 60, { min: 0, integer: true }),
     allowedOrigins: allowedOrigins && Object.freeze(allowedOrigins),
     metricsToken: read("METRICS_TOKEN"),
     logLevel: choice("LOG_LEVEL", "info", LOG_LEVELS),
@@ -225,6 +255,10 @@ export function parseSettings(env: Env): Settings {
     ),
     traceFrameRatio: number("TRACE_FRAME_RATIO", 0.01, { min: 0, max: 1 }),
   });
+}
+
+function round3(n: number): number {
+  return Math.round(n * 1000) / 1000;
 }
 
 function isRedisUrl(value: string): boolean {

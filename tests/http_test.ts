@@ -237,3 +237,44 @@ Deno.test("unknown paths get a JSON 404 counted under endpoint=unmatched", async
     1,
   );
 });
+
+Deno.test("made-up HTTP methods are counted as method=other: the label set stays bounded", async () => {
+  await using srv = await startTestServer();
+  const httpSeries = async () =>
+    parseMetrics(await srv.metrics()).samples.filter((s) =>
+      s.name.startsWith("http_request")
+    );
+  // One request of each shape first, so that every series exists.
+  const send = async (method: string, path: string) => {
+    const res = await fetch(srv.http(path), { method });
+    await res.body?.cancel();
+    return res.status;
+  };
+  assert.equal(await send("FROB0", "/healthz"), 404);
+  // Methods are case-sensitive: `patch` is not PATCH (fetch keeps its case).
+  assert.equal(await send("patch", "/healthz"), 404);
+  assert.equal(await send("DELETE", "/no/such/0"), 404);
+  const before = await httpSeries();
+  for (let i = 1; i <= 300; i++) {
+    assert.equal(await send(`FROB${i}`, `/no/such/${i}`), 404);
+  }
+  const after = await httpSeries();
+  const series = (samples: typeof after) =>
+    new Set(samples.map((s) => `${s.name}${JSON.stringify(s.labels)}`));
+  // The scrapes in between add series of their own (GET /metrics 200).
+  const added = [...series(after)].filter((s) => !series(before).has(s));
+  assert.ok(
+    added.every((s) => s.includes('"endpoint":"/metrics"')),
+    `new series: ${added.join(", ")}`,
+  );
+  const methods = new Set(after.map((s) => s.labels.method));
+  assert.deepEqual([...methods].sort(), ["DELETE", "GET", "other"]);
+  assert.equal(
+    metricValue(await srv.metrics(), "http_requests_total", {
+      method: "other",
+      endpoint: "unmatched",
+      status: "404",
+    }),
+    302,
+  );
+});

@@ -4,9 +4,13 @@
 import assert from "node:assert/strict";
 import type { LogRecord } from "@logtape/logtape";
 import {
+  flushLogging,
   jsonFormatter,
+  logger,
   prettyFormatter,
+  setupLogging,
 } from "../src/observability/logging.ts";
+import { rawUpgrade, spawnServer } from "./_helpers.ts";
 
 function record(
   properties: Record<string, unknown>,
@@ -66,4 +70,122 @@ Deno.test("the pretty format is one readable line", () => {
     text,
     "10:00:00.123 WARNING  [blue] sockeye.ws Hello world close_code=1001\n",
   );
+});
+
+/** Logs through the real pipeline (field and pattern redaction) and returns the lines. */
+async function logLines(
+  log: (l: ReturnType<typeof logger>) => void,
+): Promise<Record<string, unknown>[]> {
+  const out: string[] = [];
+  const decoder = new TextDecoder();
+  await setupLogging({
+    level: "debug",
+    format: "json",
+    color: "blue",
+    write: (bytes) => out.push(decoder.decode(bytes)),
+  });
+  try {
+    log(logger("ws"));
+  } finally {
+    await flushLogging();
+  }
+  return out.join("").trim().split("\n").map((l) => JSON.parse(l));
+}
+
+Deno.test("key=value secrets and Bearer/Basic credentials inside strings are masked", async () => {
+  const [line] = await logLines((log) =>
+    log.info("WebSocket disconnected", {
+      user_agent: "probe/1.0 token=abc123 (Authorization: Bearer xyz)",
+      close_reason: "password=hunter2; api_key=k-42",
+      url: "/ws/chat/?session_uuid=s1&token=abc123&x=1",
+      error: new Error("Upstream refused Basic dXNlcjpwYXNz"),
+      note: '{"client_secret": "cs_live_1", "user": "bob"}',
+    })
+  );
+  assert.deepEqual(line, {
+    timestamp: line!.timestamp,
+    level: "info",
+    logger: "sockeye.ws",
+    message: "WebSocket disconnected",
+    color: "blue",
+    user_agent: "probe/1.0 token=[REDACTED] (Authorization: Bearer [REDACTED])",
+    close_reason: "password=[REDACTED]; api_key=[REDACTED]",
+    url: "/ws/chat/?session_uuid=s1&token=[REDACTED]&x=1",
+    error: { type: "Error", message: "Upstream refused Basic [REDACTED]" },
+    note: '{"client_secret": [REDACTED], "user": "bob"}',
+  });
+});
+
+Deno.test("a Redis URL keeps its host and loses its password, also in an error message", async () => {
+  const [line] = await logLines((log) =>
+    log.error("Redis unavailable: {error}", {
+      error: new Error(
+        "connect ECONNREFUSED redis://default:hunter2@10.0.0.5:6379/0",
+      ),
+      redis_url: "rediss://app:p@ss@redis.internal.example.com:6380/1",
+    })
+  );
+  assert.equal(
+    line!.message,
+    'Redis unavailable: {"type":"Error","message":"connect ECONNREFUSED redis://default:***@10.0.0.5:6379/0"}',
+  );
+  assert.equal(
+    line!.redis_url,
+    "rediss://app:***@redis.internal.example.com:6380/1",
+  );
+});
+
+Deno.test("prose that only mentions secrets is left alone", async () => {
+  const texts = [
+    "Metrics require a bearer token",
+    "Cannot use Sec-WebSocket-Key: expected the base64 encoding of 16 bytes",
+    "token expired",
+    "keyboard=qwerty monkey=banana author: Jane",
+    "redis://10.0.0.5:6379/0",
+  ];
+  const [line] = await logLines((log) => log.warning("x", { texts }));
+  assert.deepEqual(line!.texts, texts);
+});
+
+Deno.test("a user agent and close reason holding secrets are logged without them", async () => {
+  await using proc = await spawnServer();
+  {
+    using up = await rawUpgrade(proc.port, "/ws/chat/?session_uuid=leaky", {
+      "User-Agent": "probe/1.0 token=abc123 (Bearer xyz)",
+    });
+    assert.equal(up.status, 101);
+    await proc.waitForLine(
+      (l) => l.message === "WebSocket connected",
+      "the connect line",
+    );
+    // A masked close frame with code 1000 and the reason "password=hunter2".
+    const reason = new TextEncoder().encode("password=hunter2");
+    const payload = new Uint8Array([0x03, 0xe8, ...reason]);
+    const mask = crypto.getRandomValues(new Uint8Array(4));
+    const frame = new Uint8Array([
+      0x88,
+      0x80 | payload.length,
+      ...mask,
+      ...payload.map((b, i) => b ^ mask[i % 4]!),
+    ]);
+    await up.conn.write(frame);
+    assert.equal((await up.readUntilClose()).code, 1000);
+  }
+  const closed = await proc.waitForLine(
+    (l) => l.message === "WebSocket disconnected",
+    "the disconnect line",
+  );
+  assert.equal(closed.close_reason, "password=[REDACTED]");
+  const connected = proc.lines.map((l) => JSON.parse(l))
+    .find((l) => l.message === "WebSocket connected");
+  assert.match(
+    connected.user_agent,
+    /token=\[REDACTED\] \(Bearer \[REDACTED\]\)/,
+  );
+  for (const secret of ["abc123", "xyz", "hunter2"]) {
+    assert.ok(
+      proc.lines.every((l) => !l.includes(secret)),
+      `${secret} is not on stdout`,
+    );
+  }
 });

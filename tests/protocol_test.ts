@@ -9,6 +9,7 @@ import {
   startTestServer,
   TestClient,
   until,
+  within,
 } from "./_helpers.ts";
 
 const UUID_V4 =
@@ -352,5 +353,184 @@ Deno.test("a client that stops answering pings is dropped after IDLE_TIMEOUT_S",
         error_type: "idle_timeout",
       }) === 1,
     "idle_timeout counted",
+  );
+});
+
+/** What a hand-written upgrade request got back. */
+interface Handshake extends Disposable {
+  readonly status: number;
+  /** Lower-case header names. */
+  readonly headers: Record<string, string>;
+  /** The response body (for refusals). */
+  readonly body: string;
+  /** Reads the next server frame's text (unmasked, under 64 KiB). */
+  nextText(): Promise<string>;
+}
+
+/**
+ * Sends exactly these upgrade headers (RFC 6455 §4.1), so that tests can
+ * leave one out or get one wrong.
+ */
+async function handshake(
+  port: number,
+  headers: Record<string, string>,
+): Promise<Handshake> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const lines = [
+    "GET /ws/chat/ HTTP/1.1",
+    `Host: 127.0.0.1:${port}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+  ];
+  await conn.write(new TextEncoder().encode(lines.join("\r\n") + "\r\n\r\n"));
+  let buffer = new Uint8Array(0);
+  const fill = async (n: number) => {
+    while (buffer.length < n) {
+      const chunk = new Uint8Array(16384);
+      const got = await within(conn.read(chunk), "bytes from the server");
+      if (got === null) throw new Error("Connection closed early");
+      const next = new Uint8Array(buffer.length + got);
+      next.set(buffer);
+      next.set(chunk.subarray(0, got), buffer.length);
+      buffer = next;
+    }
+  };
+  let end;
+  while ((end = new TextDecoder().decode(buffer).indexOf("\r\n\r\n")) < 0) {
+    await fill(buffer.length + 1);
+  }
+  const [statusLine = "", ...headerLines] = new TextDecoder()
+    .decode(buffer.subarray(0, end)).split("\r\n");
+  buffer = buffer.slice(end + 4);
+  const parsed: Record<string, string> = {};
+  for (const line of headerLines) {
+    const i = line.indexOf(":");
+    parsed[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+  }
+  const status = Number(statusLine.split(" ")[1]);
+  let body = "";
+  if (status !== 101) {
+    await fill(Number(parsed["content-length"] ?? 0));
+    body = new TextDecoder().decode(buffer);
+  }
+  return {
+    status,
+    headers: parsed,
+    body,
+    async nextText() {
+      await fill(2);
+      let len = buffer[1]! & 0x7f;
+      let off = 2;
+      if (len === 126) {
+        await fill(4);
+        len = (buffer[2]! << 8) | buffer[3]!;
+        off = 4;
+      }
+      await fill(off + len);
+      const text = new TextDecoder().decode(buffer.subarray(off, off + len));
+      buffer = buffer.slice(off + len);
+      return text;
+    },
+    [Symbol.dispose]() {
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+    },
+  };
+}
+
+const GOOD_KEY = "dGhlIHNhbXBsZSBub25jZQ==";
+
+Deno.test("an upgrade with a Sec-WebSocket-Version other than 13 gets 400 naming 13", async () => {
+  await using srv = await startTestServer();
+  for (const version of ["8", "12", "14", "13, 8", undefined]) {
+    using h = await handshake(srv.port, {
+      "Sec-WebSocket-Key": GOOD_KEY,
+      ...(version === undefined ? {} : { "Sec-WebSocket-Version": version }),
+    });
+    assert.equal(h.status, 400, `version ${version}`);
+    // RFC 6455 §4.4: the versions the server understands.
+    assert.equal(h.headers["sec-websocket-version"], "13");
+    assert.equal(JSON.parse(h.body).error, "bad_upgrade");
+  }
+  assert.equal(
+    metricValue(await srv.metrics(), "websocket_errors_total", {
+      error_type: "bad_upgrade",
+    }),
+    5,
+  );
+  // Version 13 with a good key still upgrades.
+  using ok = await handshake(srv.port, {
+    "Sec-WebSocket-Key": GOOD_KEY,
+    "Sec-WebSocket-Version": "13",
+  });
+  assert.equal(ok.status, 101);
+});
+
+Deno.test("a missing or malformed Sec-WebSocket-Key gets 400 bad_upgrade", async () => {
+  await using srv = await startTestServer();
+  const keys = [
+    undefined,
+    "abc",
+    "dGhlIHNhbXBsZSBub25j", // 15 bytes
+    "dGhlIHNhbXBsZSBub25jZSE=", // 17 bytes
+    "dGhlIHNhbXBsZSBub25jZQ", // no padding
+    "dGhlIHNhbXBsZSBub25j!Q==", // not base64
+  ];
+  for (const key of keys) {
+    using h = await handshake(srv.port, {
+      "Sec-WebSocket-Version": "13",
+      ...(key === undefined ? {} : { "Sec-WebSocket-Key": key }),
+    });
+    assert.equal(h.status, 400, `key ${key}`);
+    assert.deepEqual(JSON.parse(h.body), {
+      error: "bad_upgrade",
+      message:
+        "Cannot use Sec-WebSocket-Key: expected the base64 encoding of 16 bytes",
+    });
+  }
+  assert.equal(
+    metricValue(await srv.metrics(), "websocket_errors_total", {
+      error_type: "bad_upgrade",
+    }),
+    keys.length,
+  );
+});
+
+Deno.test("subprotocol lists parse with or without spaces", async () => {
+  await using srv = await startTestServer();
+  for (
+    const list of [
+      "sockeye.v1,chat",
+      "chat, sockeye.v1",
+      "chat,sockeye.v1",
+      "chat ,\tsockeye.v1",
+    ]
+  ) {
+    using h = await handshake(srv.port, {
+      "Sec-WebSocket-Key": GOOD_KEY,
+      "Sec-WebSocket-Version": "13",
+      "Sec-WebSocket-Protocol": list,
+    });
+    assert.equal(h.status, 101, list);
+    assert.equal(h.headers["sec-websocket-protocol"], "sockeye.v1", list);
+    const session = JSON.parse(await h.nextText());
+    assert.equal(session.type, "session", list);
+    assert.equal(session.count, 0);
+  }
+  // A list without sockeye.v1 upgrades without a subprotocol or session frame.
+  using plain = await handshake(srv.port, {
+    "Sec-WebSocket-Key": GOOD_KEY,
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Protocol": "chat,superchat",
+  });
+  assert.equal(plain.status, 101);
+  assert.equal(plain.headers["sec-websocket-protocol"], undefined);
+  assert.equal(
+    metricValue(await srv.metrics(), "websocket_errors_total", {
+      error_type: "bad_upgrade",
+    }),
+    0,
   );
 });

@@ -2,7 +2,13 @@
  * Settings parsing: defaults, bounds, and the messages that name the variable.
  */
 import assert from "node:assert/strict";
-import { parseSettings, SettingsError } from "../src/settings.ts";
+import {
+  MAX_DURATION_S,
+  MIN_DURATION_S,
+  parseSettings,
+  SettingsError,
+} from "../src/settings.ts";
+import { DENO, ROOT, within } from "./_helpers.ts";
 
 Deno.test("defaults follow the contract", () => {
   const s = parseSettings({});
@@ -32,7 +38,7 @@ Deno.test("an invalid value names the variable, the value and the expected form"
     (e: unknown) =>
       e instanceof SettingsError && e.variable === "HEARTBEAT_INTERVAL_S" &&
       e.message ===
-        'Cannot parse HEARTBEAT_INTERVAL_S "abc": expected a number above 0',
+        'Cannot parse HEARTBEAT_INTERVAL_S "abc": expected a number from 0.01 to 2147483.647',
   );
   assert.throws(
     () => parseSettings({ PORT: "65536" }),
@@ -79,4 +85,69 @@ Deno.test("lists and flags parse", () => {
   assert.equal(s.otelEnabled, true);
   assert.equal(s.logLevel, "warning");
   assert.equal(s.heartbeatIntervalS, 0.5);
+});
+
+Deno.test("durations fit a timer: at most 2^31 - 1 ms, and repeating ones at least 10 ms", () => {
+  assert.equal(MAX_DURATION_S * 1000, 2 ** 31 - 1);
+  assert.equal(MIN_DURATION_S, 0.01);
+  const s = parseSettings({
+    HEARTBEAT_INTERVAL_S: "2147483.647",
+    SESSION_TTL_S: "2147483.647",
+    DRAIN_DELAY_S: "2147478",
+    // The exit watchdog fires 5 s after SHUTDOWN_TIMEOUT_S: that sum is the timer.
+    SHUTDOWN_TIMEOUT_S: "2147478.647",
+    IDLE_TIMEOUT_S: "2147483",
+  });
+  assert.equal(s.heartbeatIntervalS, MAX_DURATION_S);
+  assert.equal((s.shutdownTimeoutS + 5) * 1000, 2 ** 31 - 1);
+  assert.equal(s.idleTimeoutS, 2147483);
+  assert.equal(
+    parseSettings({ HEARTBEAT_INTERVAL_S: "0.01" }).heartbeatIntervalS,
+    0.01,
+  );
+  const refused: Array<[string, string, string]> = [
+    ["HEARTBEAT_INTERVAL_S", "3000000", "a number from 0.01 to 2147483.647"],
+    [
+      "HEARTBEAT_INTERVAL_S",
+      "2147483.648",
+      "a number from 0.01 to 2147483.647",
+    ],
+    ["HEARTBEAT_INTERVAL_S", "0.0001", "a number from 0.01 to 2147483.647"],
+    ["SESSION_TTL_S", "3000000", "a number from 0.01 to 2147483.647"],
+    ["SESSION_TTL_S", "0.001", "a number from 0.01 to 2147483.647"],
+    ["SHUTDOWN_TIMEOUT_S", "2147483", "a number from 0.01 to 2147478.647"],
+    ["SHUTDOWN_TIMEOUT_S", "0.005", "a number from 0.01 to 2147478.647"],
+    ["DRAIN_DELAY_S", "3000000", "a number from 0 to 2147483.647"],
+    ["IDLE_TIMEOUT_S", "2147484", "an integer from 0 to 2147483"],
+  ];
+  for (const [name, value, expected] of refused) {
+    assert.throws(
+      () => parseSettings({ SHUTDOWN_TIMEOUT_S: "2147478.647", [name]: value }),
+      (e: unknown) =>
+        e instanceof SettingsError && e.variable === name &&
+        e.message === `Cannot parse ${name} "${value}": expected ${expected}`,
+      `${name}=${value}`,
+    );
+  }
+});
+
+Deno.test("a duration past the timer limit exits 2 with the message on stderr", async () => {
+  const child = new Deno.Command(DENO, {
+    args: ["run", "-A", `${ROOT}main.ts`, "serve"],
+    env: { PORT: "0", HOST: "127.0.0.1", HEARTBEAT_INTERVAL_S: "3000000" },
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  const { code, stdout, stderr } = await within(
+    child.output(),
+    "the process to exit",
+  );
+  assert.equal(code, 2);
+  assert.match(
+    new TextDecoder().decode(stderr),
+    /Cannot parse HEARTBEAT_INTERVAL_S "3000000": expected a number from 0\.01 to 2147483\.647/,
+  );
+  // It never started: no ready line.
+  assert.doesNotMatch(new TextDecoder().decode(stdout), /startup_seconds/);
 });

@@ -201,3 +201,43 @@ Deno.test("TRACE_FRAME_RATIO=0 traces connections without frame spans", async ()
     0,
   );
 });
+
+Deno.test("a made-up method names its span HTTP, with http.request.method _OTHER and the original", async () => {
+  await using receiver = startReceiver();
+  await using proc = await spawnServer(otelEnv(receiver.url));
+  const request = async (method: string, path: string) => {
+    const res = await fetch(`http://127.0.0.1:${proc.port}${path}`, {
+      method,
+    });
+    await res.body?.cancel();
+    assert.equal(res.status, 404);
+  };
+  await request("FROB", "/healthz");
+  await request("DELETE", "/no/such/path");
+  proc.child.kill("SIGTERM");
+  await proc.status;
+  const values = (span: OtlpSpan, key: string) =>
+    (span.attributes ?? []).filter((a) => a.key === key)
+      .map((a) => Object.values(a.value)[0]);
+  const frob = await until(
+    () =>
+      receiver.spans.find((s) =>
+        values(s, "http.request.method_original").includes("FROB")
+      ),
+    "the made-up method's span",
+  );
+  assert.equal(frob.name, "HTTP");
+  // Deno keeps its own attribute beside ours: the last value is ours.
+  assert.equal(values(frob, "http.request.method").at(-1), "_OTHER");
+  assert.deepEqual(values(frob, "http.route"), []);
+  // A known method on no route: the span is named for the method alone.
+  const unmatched = await until(
+    () =>
+      receiver.spans.find((s) =>
+        values(s, "http.request.method").includes("DELETE")
+      ),
+    "the unmatched request's span",
+  );
+  assert.equal(unmatched.name, "DELETE");
+  assert.deepEqual(values(unmatched, "http.route"), []);
+});

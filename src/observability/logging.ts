@@ -26,6 +26,7 @@ import {
   JWT_PATTERN,
   redactByField,
   redactByPattern,
+  type RedactionPattern,
 } from "@logtape/redaction";
 import { trace } from "@opentelemetry/api";
 import type { LogFormat, LogLevelName } from "../settings.ts";
@@ -80,9 +81,82 @@ function plain(value: unknown): unknown {
   return value;
 }
 
-/** Patterns masked in every string value: e-mail addresses, card numbers, JWTs. */
-const PATTERNS = [
-  EMAIL_ADDRESS_PATTERN,
+/**
+ * The password in a URL's user information, e.g. in a `redis://` URL inside
+ * an error message: `redis://user:secret@host:6379/0` →
+ * `redis://user:***@host:6379/0`. The host stays readable. A password is
+ * taken up to the last `@` before the path, as a raw `@` in it is common.
+ */
+const URL_PASSWORD_PATTERN: RedactionPattern = {
+  pattern: /(?<=\b[a-z][a-z0-9+.-]*):\/\/([^\s:/?#@]*):[^\s/?#]+@/gi,
+  replacement: "://$1:***@",
+};
+
+// Names whose values are secrets: password, passwd, passphrase, secret,
+// token, apikey and credentials also as the end of a longer name
+// (PGPASSWORD, access_token, client_secret); pass, pwd, api_key, key, auth
+// and sig(nature) alone or after a separator (db_pass, X-Api-Key).
+const SECRET_NAME = "(?:[a-z0-9]+[_.-])*(?:[a-z0-9]*(?:password|passwd|" +
+  "passphrase|secret|token|apikey|credentials?)|pass|pwd|api[_-]?key|key|" +
+  "auth|signature|sig)";
+
+/**
+ * A secret written as `name=value` (query strings, configuration) or
+ * `"name": value` (JSON), e.g. `?token=abc&x=1`, `password=hunter2`,
+ * `"api_key": "k"`: the name stays, the value becomes `[REDACTED]`. A value
+ * ends at `&`, `;`, `,`, whitespace, a quote or a bracket; a quoted value is
+ * taken whole. (The match starts at the `=` or `:` and looks behind for the
+ * name: a scan that stops only at those characters costs a quarter of one
+ * that tries a name at every position.)
+ */
+const SECRET_PARAMETER_PATTERN: RedactionPattern = {
+  pattern: new RegExp(
+    `([=:])(?<=(?<![a-z0-9/])${SECRET_NAME}\\s*=|` +
+      `(?<![a-z0-9/])"${SECRET_NAME}"\\s*:)(\\s*)` +
+      `(?:"[^"]*"|'[^']*'|[^\\s&;,"'<>()\\[\\]{}]+)`,
+    "gi",
+  ),
+  replacement: "$1$2[REDACTED]",
+};
+
+/**
+ * HTTP credentials after an auth scheme (RFC 9110 §11.4, token68), e.g.
+ * `Authorization: Bearer abc.def` or `Basic dXNlcjpwYXNz`: the scheme stays.
+ * The scheme must be capitalised as in a header, so that prose such as "a
+ * bearer token" is left alone.
+ */
+const AUTH_CREDENTIALS_PATTERN: RedactionPattern = {
+  pattern: /\b(Bearer|BEARER|Basic|BASIC)\s+[A-Za-z0-9._~+/-]+=*/g,
+  replacement: "$1 [REDACTED]",
+};
+
+/**
+ * E-mail addresses, except inside a URL's user information, so that the host
+ * of `redis://user:***@10.0.0.5:6379` (password masked above) stays readable.
+ */
+const EMAIL_OUTSIDE_URL_PATTERN: RedactionPattern = {
+  pattern: EMAIL_ADDRESS_PATTERN.pattern,
+  replacement(match: string, ...rest: readonly unknown[]): string {
+    // No capture groups: the offset and the whole string come last.
+    const offset = rest[rest.length - 2] as number;
+    const text = rest[rest.length - 1] as string;
+    const scheme = text.lastIndexOf("://", offset);
+    const inUserInfo = scheme >= 0 &&
+      !/[\s/?#@]/.test(text.slice(scheme + 3, offset));
+    return inUserInfo ? match : EMAIL_ADDRESS_PATTERN.replacement as string;
+  },
+};
+
+/**
+ * Patterns masked in every string value, in this order: URL passwords,
+ * `name=value` secrets, `Bearer`/`Basic` credentials, e-mail addresses, card
+ * numbers, JWTs.
+ */
+const PATTERNS: readonly RedactionPattern[] = [
+  URL_PASSWORD_PATTERN,
+  SECRET_PARAMETER_PATTERN,
+  AUTH_CREDENTIALS_PATTERN,
+  EMAIL_OUTSIDE_URL_PATTERN,
   CREDIT_CARD_NUMBER_PATTERN,
   JWT_PATTERN,
 ];

@@ -40,17 +40,49 @@ export interface TracingOptions {
 }
 
 /**
- * Names the active server span after its route (semantic conventions:
- * `http.route`, span name `{method} {route}`).
- *
- * @param method HTTP method.
- * @param route Route template, e.g. `/ws/chat/`.
+ * The methods OpenTelemetry's HTTP semantic conventions call known: those of
+ * RFC 9110 and PATCH (RFC 5789). Case-sensitive, as methods are.
  */
-export function nameServerSpan(method: string, route: string): void {
+export const KNOWN_HTTP_METHODS: ReadonlySet<string> = new Set([
+  "GET",
+  "HEAD",
+  "POST",
+  "PUT",
+  "DELETE",
+  "CONNECT",
+  "OPTIONS",
+  "TRACE",
+  "PATCH",
+]);
+
+/**
+ * Names the active server span after its route, following the HTTP semantic
+ * conventions: span name `{method} {http.route}`, or `{method}` when no route
+ * matched (no `http.route` then); an unknown method becomes `_OTHER` in
+ * `http.request.method` (the original in `http.request.method_original`) and
+ * `HTTP` in the span name, so span names stay a bounded set.
+ *
+ * @param method HTTP method as received.
+ * @param route Route template, e.g. `/ws/chat/`; `undefined` when none matched.
+ */
+export function nameServerSpan(
+  method: string,
+  route: string | undefined,
+): void {
   const span = trace.getActiveSpan();
   if (span === undefined || !span.isRecording()) return;
-  span.setAttribute("http.route", route);
-  span.updateName(`${method} ${route}`);
+  const known = KNOWN_HTTP_METHODS.has(method);
+  if (!known) {
+    span.setAttribute("http.request.method", "_OTHER");
+    span.setAttribute("http.request.method_original", method);
+  }
+  const name = known ? method : "HTTP";
+  if (route === undefined) {
+    span.updateName(name);
+  } else {
+    span.setAttribute("http.route", route);
+    span.updateName(`${name} ${route}`);
+  }
 }
 
 /**
