@@ -332,17 +332,28 @@ export interface ServerProcess extends AsyncDisposable {
   readonly status: Promise<Deno.CommandStatus>;
 }
 
+/** Options for {@link spawnServer}. */
+export interface SpawnOptions {
+  /** Runs the server under `ulimit -n` this many open files. */
+  readonly maxFds?: number;
+}
+
 /**
  * Runs `main.ts serve` as a subprocess on a free port and waits until it
  * logs that it is ready.
  *
  * @param env Settings; PORT defaults to 0 (the ready line names the port).
+ * @param options Process limits.
  */
 export async function spawnServer(
   env: Record<string, string> = {},
+  options: SpawnOptions = {},
 ): Promise<ServerProcess> {
-  const child = new Deno.Command(DENO, {
-    args: ["run", "-A", `${ROOT}main.ts`, "serve"],
+  const command = [DENO, "run", "-A", `${ROOT}main.ts`, "serve"];
+  const child = new Deno.Command(options.maxFds ? "sh" : DENO, {
+    args: options.maxFds
+      ? ["-c", `ulimit -n ${options.maxFds} && exec "$@"`, "sh", ...command]
+      : command.slice(1),
     env: { PORT: "0", HOST: "127.0.0.1", NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
