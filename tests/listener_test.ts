@@ -13,6 +13,7 @@ import {
   rawUpgrade,
   type ServerProcess,
   spawnServer,
+  startNginx,
   TestClient,
   until,
   within,
@@ -334,4 +335,53 @@ Deno.test("MAX_CONNECTIONS and the memory limit: explicit settings win, 0 means 
     () => parseSettings({ MEMORY_LIMIT_BYTES: "1.5" }),
     /MEMORY_LIMIT_BYTES "1.5": expected an integer of at least 0/,
   );
+});
+
+Deno.test("behind the shipped nginx, silent connections never reach sockeye and are cut after client_header_timeout", async () => {
+  await using srv = await spawnServer({}, { maxFds: 128 });
+  await using nginx = await startNginx(srv.port);
+  const silent: Deno.Conn[] = [];
+  try {
+    // More than the flood that stops a bare listener at this limit.
+    for (let i = 0; i < 200; i++) {
+      silent.push(
+        await Deno.connect({ hostname: "127.0.0.1", port: nginx.port }),
+      );
+    }
+    await using client = await TestClient.open(
+      `ws://127.0.0.1:${nginx.port}/ws/chat/`,
+    );
+    assert.equal(await client.ask("a"), '{"count": 1}');
+    assert.equal(await readyz(srv.port), 200);
+    assert.equal(linesMatching(srv, "Listener stopped").length, 0);
+    // client_header_timeout (10 s) ends each of them: EOF or a reset.
+    const ended = (conn: Deno.Conn) =>
+      conn.read(new Uint8Array(1)).then(() => true, () => true);
+    await within(
+      Promise.all(silent.map(ended)),
+      "nginx closing the silent connections",
+      15_000,
+    );
+    assert.equal(await client.ask("b"), '{"count": 2}');
+  } finally {
+    for (const conn of silent) conn.close();
+  }
+});
+
+Deno.test("the shipped nginx allows 100 WebSockets per client address, then answers 429", async () => {
+  await using srv = await spawnServer();
+  await using nginx = await startNginx(srv.port);
+  const clients: TestClient[] = [];
+  try {
+    for (let i = 0; i < 100; i++) {
+      clients.push(
+        await TestClient.open(`ws://127.0.0.1:${nginx.port}/ws/chat/`),
+      );
+    }
+    using refused = await rawUpgrade(nginx.port, "/ws/chat/");
+    assert.equal(refused.status, 429);
+    assert.equal(await clients[0]!.ask("still here"), '{"count": 1}');
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+  }
 });
