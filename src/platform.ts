@@ -48,25 +48,38 @@ export const LISTENER_ERROR_REASONS: readonly ListenerErrorReason[] = [
   "other",
 ];
 
-/** What a supervised listener reports. */
+/**
+ * What a supervised listener reports. An episode runs from an accept failure
+ * until the listener has stayed up for {@link RELISTEN_SETTLE_MS}; failures
+ * in between (a flood that refills the descriptor table at once) belong to
+ * it, so a log line per episode stays one line however the flood churns.
+ */
 export interface ListenerEvents {
   /**
    * The accept loop failed (e.g. EMFILE): the listener is gone and re-listens
-   * with backoff. Called once per failure, so once per episode; open
-   * connections, WebSockets included, keep being served meanwhile.
+   * with backoff. Called for every failure; open connections, WebSockets
+   * included, keep being served meanwhile.
    *
    * @param error What failed, e.g. `Too many open files (os error 24)`; the
    *   runtime's own error is its `cause`.
    * @param reason The error as a bounded label value.
+   * @param episodeStart Whether this failure starts an episode.
    */
-  onDown(error: Error, reason: ListenerErrorReason): void;
+  onDown(
+    error: Error,
+    reason: ListenerErrorReason,
+    episodeStart: boolean,
+  ): void;
+  /** Listening again after {@link ListenerEvents.onDown} (maybe not for long). */
+  onUp(): void;
   /**
-   * Listening again after {@link ListenerEvents.onDown}.
+   * The episode is over: the listener has been up for
+   * {@link RELISTEN_SETTLE_MS} since its last re-listen.
    *
-   * @param downSeconds Seconds since the failure.
-   * @param attempts Re-listen attempts it took, this one included.
+   * @param downSeconds Seconds the listener was down during the episode.
+   * @param failures Accept failures in the episode.
    */
-  onUp(downSeconds: number, attempts: number): void;
+  onRecovered(downSeconds: number, failures: number): void;
 }
 
 /** Options for {@link serve}. */
@@ -81,13 +94,19 @@ export interface ServeOptions {
 
 /** First wait before re-listening after an accept failure, in ms. */
 export const RELISTEN_MIN_DELAY_MS = 50;
-/** Longest wait between re-listen attempts, in ms (the delay doubles up to it). */
+/**
+ * Longest wait between re-listen attempts, in ms. The delay doubles up to it
+ * and starts again from {@link RELISTEN_MIN_DELAY_MS} only after an episode,
+ * so a listener that keeps failing re-listens at most once a second.
+ */
 export const RELISTEN_MAX_DELAY_MS = 1000;
 /**
  * Free descriptors required before re-listening: a listener opened with one
  * spare descriptor would fail again at its first accept.
  */
 export const RELISTEN_FREE_FDS = 32;
+/** Time up after a re-listen that ends an episode, in ms. */
+export const RELISTEN_SETTLE_MS = 1000;
 
 /**
  * Starts an HTTP server with `Deno.serve`, printing nothing (stdout carries
@@ -98,8 +117,9 @@ export const RELISTEN_FREE_FDS = 32;
  * {@link ListenerEvents.onDown} and calls `Deno.serve` again on the same
  * address: after {@link RELISTEN_MIN_DELAY_MS}, doubling up to
  * {@link RELISTEN_MAX_DELAY_MS}, once at least {@link RELISTEN_FREE_FDS}
- * descriptors are free. Connections the failed listener accepted, WebSockets
- * included, keep being served. No rejection of this path goes unhandled.
+ * descriptors are free. Connections a failed listener accepted, WebSockets
+ * included, keep being served by it. No rejection of this path goes
+ * unhandled.
  *
  * @param options Address to bind and listener events.
  * @param handler Answers each request.
@@ -108,13 +128,18 @@ export const RELISTEN_FREE_FDS = 32;
  */
 export function serve(options: ServeOptions, handler: Handler): HttpServer {
   const { hostname, events } = options;
-  // Every listener ever started: a failed one still serves what it accepted,
-  // and only its own shutdown() closes those connections.
+  // Every listener ever started (one more per failure): a failed one still
+  // serves what it accepted, and only its own shutdown() closes that.
   const servers: Deno.HttpServer[] = [];
   let port = options.port;
   let listening = false;
   let stopping = false;
-  let retry: Timer | undefined;
+  let timer: Timer | undefined;
+  // Read now: at EMFILE even /proc/self/limits cannot be opened.
+  const fdLimit = maxFds();
+  let episode:
+    | { failures: number; downMs: number; downSince: number; delayMs: number }
+    | undefined;
 
   const listen = () => {
     const server = Deno.serve(
@@ -130,42 +155,55 @@ export function serve(options: ServeOptions, handler: Handler): HttpServer {
     const failed = (error: unknown) => {
       if (stopping || servers.at(-1) !== server) return;
       listening = false;
+      if (timer !== undefined) clearTimeout(timer);
+      const start = episode === undefined;
+      episode ??= {
+        failures: 0,
+        downMs: 0,
+        downSince: 0,
+        delayMs: RELISTEN_MIN_DELAY_MS,
+      };
+      episode.failures++;
+      episode.downSince = performance.now();
       // The runtime's message reads "Error: Too many open files (os error 24)".
       const message = (error instanceof Error ? error.message : String(error))
         .replace(/^Error: /, "");
       const err = new Error(message, { cause: error });
-      events?.onDown(err, listenerErrorReason(err));
-      relisten(performance.now(), 1, RELISTEN_MIN_DELAY_MS);
+      events?.onDown(err, listenerErrorReason(err), start);
+      relisten(episode);
     };
     // Only shutdown() should end a listener; anything else is a failure.
     server.finished.then(
       () => failed(new Error("Listener closed unexpectedly")),
       failed,
     );
-    return server;
   };
 
-  const relisten = (since: number, attempt: number, delayMs: number) => {
-    retry = setTimeout(() => {
-      retry = undefined;
+  const relisten = (ep: NonNullable<typeof episode>) => {
+    const delayMs = ep.delayMs;
+    ep.delayMs = Math.min(delayMs * 2, RELISTEN_MAX_DELAY_MS);
+    timer = setTimeout(() => {
+      timer = undefined;
       if (stopping) return;
-      const free = freeFds();
+      const free = freeFds(fdLimit);
       if (free === undefined || free >= RELISTEN_FREE_FDS) {
         try {
           listen();
-          events?.onUp((performance.now() - since) / 1000, attempt);
-          return;
-        } catch { /* still out of descriptors, or the port is taken: retry */ }
+        } catch { /* still out of descriptors, or the port is taken */ }
       }
-      relisten(
-        since,
-        attempt + 1,
-        Math.min(delayMs * 2, RELISTEN_MAX_DELAY_MS),
-      );
+      if (!listening) return relisten(ep);
+      ep.downMs += performance.now() - ep.downSince;
+      events?.onUp();
+      timer = setTimeout(() => {
+        timer = undefined;
+        episode = undefined;
+        events?.onRecovered(ep.downMs / 1000, ep.failures);
+      }, RELISTEN_SETTLE_MS);
     }, delayMs);
   };
 
-  const first = listen();
+  listen();
+  const first = servers[0]!;
   return {
     get port() {
       return port;
@@ -176,7 +214,7 @@ export function serve(options: ServeOptions, handler: Handler): HttpServer {
     },
     async shutdown() {
       stopping = true;
-      if (retry !== undefined) clearTimeout(retry);
+      if (timer !== undefined) clearTimeout(timer);
       await Promise.allSettled(servers.map((s) => s.shutdown()));
     },
   };
@@ -196,14 +234,14 @@ export function listenerErrorReason(error: Error): ListenerErrorReason {
 /**
  * Descriptors this process may still open.
  *
- * @returns Soft limit minus open descriptors; 0 when `/proc/self/fd` cannot
- *   be read (which happens at EMFILE); `undefined` where the limit is unknown.
+ * @param limit The open-file soft limit, `undefined` when unknown.
+ * @returns The limit minus open descriptors; 0 when `/proc/self/fd` cannot
+ *   be read (which happens at EMFILE); `undefined` when the limit is unknown.
  */
-function freeFds(): number | undefined {
-  const max = maxFds();
-  if (max === undefined) return undefined;
+function freeFds(limit: number | undefined): number | undefined {
+  if (limit === undefined) return undefined;
   const open = openFds();
-  return open === undefined ? 0 : max - open;
+  return open === undefined ? 0 : limit - open;
 }
 
 /** Options for {@link upgradeWebSocket}. */

@@ -211,10 +211,11 @@ export async function startServer(settings: Settings): Promise<Server> {
       hostname: settings.host,
       port: settings.port,
       events: {
-        onDown(error, reason) {
+        onDown(error, reason, episodeStart) {
           metrics.listenerErrors.labels(reason).inc();
           metrics.listenerUp.set(0);
           lifecycle.fail("listener", error.message);
+          if (!episodeStart) return;
           log.error("Listener stopped: {cause}", {
             cause: error.message,
             reason,
@@ -223,14 +224,16 @@ export async function startServer(settings: Settings): Promise<Server> {
             active_connections: hub.size,
           });
         },
-        onUp(downSeconds, attempts) {
+        onUp() {
           metrics.listenerUp.set(1);
           lifecycle.clear("listener");
+        },
+        onRecovered(downSeconds, failures) {
           log.info("Listener restored on {host}:{port}", {
             host: http.hostname,
             port: http.port,
             down_seconds: round6(downSeconds),
-            attempts,
+            failures,
             active_connections: hub.size,
           });
         },

@@ -162,6 +162,43 @@ Deno.test("EMFILE: the process stays up, fails readiness, keeps its sockets and 
   assert.equal((await within(srv.status, "exit")).code, 0);
 });
 
+Deno.test("a flood that keeps refilling the descriptor table is one episode: one error line, every failure counted", async () => {
+  await using srv = await spawnServer({}, { maxFds: 160 });
+  await using client = await TestClient.open(
+    `ws://127.0.0.1:${srv.port}/ws/chat/`,
+  );
+  // Holds connections; whenever refused, lets ten go and tries again, so
+  // every re-listen meets a full table again.
+  const held: Deno.Conn[] = [];
+  try {
+    const end = performance.now() + 3000;
+    while (performance.now() < end) {
+      try {
+        held.push(
+          await Deno.connect({ hostname: "127.0.0.1", port: srv.port }),
+        );
+      } catch {
+        for (const conn of held.splice(0, 10)) conn.close();
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+    assert.equal(await client.ask("still counting"), '{"count": 1}');
+  } finally {
+    for (const conn of held) conn.close();
+  }
+  const restored = await srv.waitForLine(
+    (l) => String(l.message).startsWith("Listener restored"),
+    "the end of the episode",
+  );
+  const failures = restored.failures as number;
+  assert.ok(failures >= 2, `${failures} failures: the flood did not refill`);
+  const metrics = await (await fetch(`http://127.0.0.1:${srv.port}/metrics`))
+    .text();
+  assert.equal(metricValue(metrics, "http_listener_errors_total"), failures);
+  assert.equal(linesMatching(srv, "Listener stopped").length, 1);
+  assert.equal(linesMatching(srv, "Listener restored").length, 1);
+});
+
 Deno.test("MAX_CONNECTIONS derived from a low open-file limit answers 503 before EMFILE", async () => {
   await using srv = await spawnServer({}, { maxFds: 128 });
   const ready = await srv.waitForLine(
