@@ -376,7 +376,9 @@ function startMemoryGuard(
   const log = logger("server");
   const detail = (rss: number) =>
     `rss ${mib(rss)} MiB above ${mib(guard.thresholdBytes)} MiB ` +
-    `(${settings.memoryGuardRatio} of the ${mib(memory.bytes)} MiB limit)`;
+    `(${Math.round(settings.memoryGuardRatio * 100)} % of the ${
+      mib(memory.bytes)
+    } MiB limit)`;
   const fields = (rss: number) => ({
     rss_bytes: rss,
     threshold_bytes: guard.thresholdBytes,

@@ -263,7 +263,7 @@ Deno.test("memory guard: above the threshold readiness fails and upgrades get 50
   assert.equal(body.status, "not_ready");
   assert.match(
     body.checks.process_memory,
-    /^error: rss [\d.]+ MiB above 32 MiB \(1 of the 32 MiB limit\)$/,
+    /^error: rss [\d.]+ MiB above 32 MiB \(100 % of the 32 MiB limit\)$/,
   );
   const health = await fetch(`http://127.0.0.1:${srv.port}/healthz`);
   await health.body?.cancel();
