@@ -14,7 +14,7 @@
 export type LifecycleState = "starting" | "ready" | "draining" | "stopped";
 
 /**
- * A passing condition that fails readiness while it lasts, named as its
+ * A temporary condition that fails readiness while it lasts, named as its
  * `/readyz` check: `listener` (the accept loop failed, e.g. out of file
  * descriptors; re-listening) or `process_memory` (resident memory above the
  * memory guard's threshold; new WebSockets are refused).
