@@ -6,8 +6,7 @@ COPY deno.json deno.lock ./
 COPY main.ts ./
 COPY src ./src
 RUN deno install --frozen --entrypoint main.ts \
- && deno compile --frozen --allow-net --allow-env --allow-read --allow-sys \
-      --output /out/sockeye main.ts
+ && deno compile --frozen --allow-all --output /out/sockeye main.ts
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 WORKDIR /app

@@ -38,6 +38,18 @@ export interface AppDeps {
   readonly hub: Hub;
   /** Session store, for upgrades and the readiness check. */
   readonly store: SessionStore;
+  /** Limits worked out at start; by default from the settings alone. */
+  readonly limits?: ProcessLimits;
+}
+
+/** Limits worked out at start from the settings and the process (server.ts). */
+export interface ProcessLimits {
+  /** The effective `MAX_CONNECTIONS`; 0 means unlimited. */
+  readonly maxConnections: number;
+  /** The open-file soft limit, when known. */
+  readonly maxFds: number | undefined;
+  /** The memory guard's limit in bytes, when the guard is on. */
+  readonly memoryLimitBytes: number | undefined;
 }
 
 type Env = {
@@ -133,6 +145,11 @@ export function methodLabel(method: string): string {
  */
 export function createApp(deps: AppDeps): Hono<Env> {
   const { settings, lifecycle, metrics, hub, store } = deps;
+  const limits: ProcessLimits = deps.limits ?? {
+    maxConnections: settings.maxConnections ?? 0,
+    maxFds: undefined,
+    memoryLimitBytes: undefined,
+  };
   const httpLog = logger("http");
   const wsLog = logger("ws");
   const app = new Hono<Env>();
@@ -227,6 +244,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
       checks[store.kind] = `error: ${(error as Error).message}`;
       if (status === "ready") status = "not_ready";
     }
+    // The listener and memory checks appear only while they fail.
+    for (const [fault, detail] of lifecycle.faults) {
+      checks[fault] = `error: ${detail}`;
+      if (status === "ready") status = "not_ready";
+    }
     return c.json({
       status,
       color: settings.color,
@@ -251,10 +273,13 @@ export function createApp(deps: AppDeps): Hono<Env> {
       session_ttl_s: settings.sessionTtlS,
       limits: {
         max_message_bytes: settings.maxMessageBytes,
-        max_connections: settings.maxConnections,
+        max_connections: limits.maxConnections,
         rate_limit_per_s: settings.rateLimitPerS,
         idle_timeout_s: settings.idleTimeoutS,
         allowed_origins: settings.allowedOrigins ?? null,
+        max_fds: limits.maxFds ?? null,
+        memory_limit_bytes: limits.memoryLimitBytes ?? null,
+        memory_guard_ratio: settings.memoryGuardRatio,
       },
     }));
 
@@ -290,6 +315,12 @@ export function createApp(deps: AppDeps): Hono<Env> {
         headers: { "Retry-After": "1" },
       });
     }
+    if (lifecycle.faults.has("process_memory")) {
+      throw new HttpError(503, "Server is under memory pressure", {
+        errorType: "memory_pressure",
+        headers: { "Retry-After": "5" },
+      });
+    }
     const origin = req.headers.get("origin");
     if (
       origin !== null && settings.allowedOrigins !== undefined &&
@@ -301,8 +332,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
     }
     // Upgrades still waiting on the store count too, or a burst overshoots.
     if (
-      settings.maxConnections > 0 &&
-      hub.size + attaching >= settings.maxConnections
+      limits.maxConnections > 0 &&
+      hub.size + attaching >= limits.maxConnections
     ) {
       throw new HttpError(503, "Server is at MAX_CONNECTIONS", {
         errorType: "max_connections",

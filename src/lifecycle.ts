@@ -4,7 +4,8 @@
  * `app_shutdown_time_seconds`).
  *
  * Probe semantics follow Kubernetes: liveness (`/healthz`) holds in every
- * state; readiness (`/readyz`) only in `ready`.
+ * state; readiness (`/readyz`) only in `ready`, and only while no
+ * {@link Fault} lasts.
  *
  * @module
  */
@@ -12,11 +13,20 @@
 /** Where the process is in its life. */
 export type LifecycleState = "starting" | "ready" | "draining" | "stopped";
 
+/**
+ * A temporary condition that fails readiness while it lasts, named as its
+ * `/readyz` check: `listener` (the accept loop failed, e.g. out of file
+ * descriptors; re-listening) or `process_memory` (resident memory above the
+ * memory guard's threshold; new WebSockets are refused).
+ */
+export type Fault = "listener" | "process_memory";
+
 /** The state machine; transitions only go forward. */
 export class Lifecycle {
   #state: LifecycleState = "starting";
   #acceptingUpgrades = true;
   #startupSeconds: number | undefined;
+  readonly #faults = new Map<Fault, string>();
   #drainStartedAt: number | undefined;
   readonly #createdAt = performance.now();
 
@@ -31,6 +41,31 @@ export class Lifecycle {
    */
   get acceptingUpgrades(): boolean {
     return this.#acceptingUpgrades;
+  }
+
+  /** Faults lasting now, each with what is wrong (e.g. `Too many open files`). */
+  get faults(): ReadonlyMap<Fault, string> {
+    return this.#faults;
+  }
+
+  /**
+   * Records a fault, or updates its detail: readiness fails until
+   * {@link Lifecycle.clear} is called for it.
+   *
+   * @param fault Which condition.
+   * @param detail What is wrong, for the `/readyz` check (`error: <detail>`).
+   */
+  fail(fault: Fault, detail: string): void {
+    this.#faults.set(fault, detail);
+  }
+
+  /**
+   * Ends a fault.
+   *
+   * @param fault Which condition.
+   */
+  clear(fault: Fault): void {
+    this.#faults.delete(fault);
   }
 
   /** Seconds since this server was created. */

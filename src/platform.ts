@@ -7,15 +7,19 @@
  */
 import process from "node:process";
 
-/** A listening HTTP server. */
+/** A listening HTTP server that re-listens after its accept loop fails. */
 export interface HttpServer {
-  /** The port actually bound (useful with port 0). */
+  /** The port actually bound (useful with port 0); kept across re-listens. */
   readonly port: number;
   /** The bound address. */
   readonly hostname: string;
+  /** Whether the listener accepts connections now (false during an episode). */
+  readonly listening: boolean;
   /**
-   * Stops accepting, closes remaining WebSockets with 1001 and waits for
-   * in-flight requests. Call only after the drain has closed its sockets.
+   * Stops accepting (and re-listening), closes remaining WebSockets with 1001
+   * and waits for in-flight requests, on the current listener and on every
+   * earlier one that still holds connections. Call only after the drain has
+   * closed its sockets.
    */
   shutdown(): Promise<void>;
 }
@@ -33,32 +37,212 @@ export type Handler = (
 ) => Response | Promise<Response>;
 
 /**
+ * Why a listener stopped, as a bounded label value: `emfile` (this process
+ * is out of file descriptors), `enfile` (the system is), `other`.
+ */
+export type ListenerErrorReason = "emfile" | "enfile" | "other";
+
+/** Every {@link ListenerErrorReason}, for metrics exported from 0. */
+export const LISTENER_ERROR_REASONS: readonly ListenerErrorReason[] = [
+  "emfile",
+  "enfile",
+  "other",
+];
+
+/**
+ * What a supervised listener reports. An episode runs from an accept failure
+ * until the listener has stayed up for {@link RELISTEN_SETTLE_MS}; failures
+ * in between (a flood that refills the descriptor table at once) belong to
+ * it, so a log line per episode stays one line however the flood churns.
+ */
+export interface ListenerEvents {
+  /**
+   * The accept loop failed (e.g. EMFILE): the listener is gone and re-listens
+   * with backoff. Called for every failure; open connections, WebSockets
+   * included, keep being served meanwhile.
+   *
+   * @param error What failed, e.g. `Too many open files (os error 24)`; the
+   *   runtime's own error is its `cause`.
+   * @param reason The error as a bounded label value.
+   * @param episodeStart Whether this failure starts an episode.
+   */
+  onDown(
+    error: Error,
+    reason: ListenerErrorReason,
+    episodeStart: boolean,
+  ): void;
+  /** Listening again after {@link ListenerEvents.onDown} (maybe not for long). */
+  onUp(): void;
+  /**
+   * The episode is over: the listener has been up for
+   * {@link RELISTEN_SETTLE_MS} since its last re-listen.
+   *
+   * @param downSeconds Seconds the listener was down during the episode.
+   * @param failures Accept failures in the episode.
+   */
+  onRecovered(downSeconds: number, failures: number): void;
+}
+
+/** Options for {@link serve}. */
+export interface ServeOptions {
+  /** Address to bind. */
+  readonly hostname: string;
+  /** Port to bind; 0 picks a free one (re-listens use the port first bound). */
+  readonly port: number;
+  /** Listener failures and recoveries; none by default. */
+  readonly events?: ListenerEvents;
+}
+
+/** First wait before re-listening after an accept failure, in ms. */
+export const RELISTEN_MIN_DELAY_MS = 50;
+/**
+ * Longest wait between re-listen attempts, in ms. The delay doubles up to it
+ * and starts again from {@link RELISTEN_MIN_DELAY_MS} only after an episode,
+ * so a listener that keeps failing re-listens at most once a second.
+ */
+export const RELISTEN_MAX_DELAY_MS = 1000;
+/**
+ * Free descriptors required before re-listening: a listener opened with one
+ * spare descriptor would fail again at its first accept.
+ */
+export const RELISTEN_FREE_FDS = 32;
+/** Time up after a re-listen that ends an episode, in ms. */
+export const RELISTEN_SETTLE_MS = 1000;
+
+/**
  * Starts an HTTP server with `Deno.serve`, printing nothing (stdout carries
- * only log lines).
+ * only log lines), and keeps it listening.
  *
- * @param options Address to bind; port 0 picks a free port.
+ * When the runtime's accept loop fails (it does on EMFILE: `server.finished`
+ * rejects and the listener is gone for good), this reports
+ * {@link ListenerEvents.onDown} and calls `Deno.serve` again on the same
+ * address: after {@link RELISTEN_MIN_DELAY_MS}, doubling up to
+ * {@link RELISTEN_MAX_DELAY_MS}, once at least {@link RELISTEN_FREE_FDS}
+ * descriptors are free. Connections a failed listener accepted, WebSockets
+ * included, keep being served by it. No rejection of this path goes
+ * unhandled.
+ *
+ * @param options Address to bind and listener events.
  * @param handler Answers each request.
  * @returns The server, already listening.
- * @throws {Deno.errors.AddrInUse} When the port is taken.
+ * @throws {Deno.errors.AddrInUse} When the port is taken at start.
  */
-export function serve(
-  options: { hostname: string; port: number },
-  handler: Handler,
-): HttpServer {
-  const server = Deno.serve({
-    hostname: options.hostname,
-    port: options.port,
-    onListen() {},
-  }, (req, info) => {
-    const addr = info.remoteAddr as Deno.NetAddr;
-    return handler(req, { remoteAddr: addr.hostname ?? "" });
-  });
-  const addr = server.addr as Deno.NetAddr;
-  return {
-    port: addr.port,
-    hostname: addr.hostname,
-    shutdown: () => server.shutdown(),
+export function serve(options: ServeOptions, handler: Handler): HttpServer {
+  const { hostname, events } = options;
+  // Every listener ever started (one more per failure): a failed one still
+  // serves what it accepted, and only its own shutdown() closes that.
+  const servers: Deno.HttpServer[] = [];
+  let port = options.port;
+  let listening = false;
+  let stopping = false;
+  let timer: Timer | undefined;
+  // Read now: at EMFILE even /proc/self/limits cannot be opened.
+  const fdLimit = maxFds();
+  let episode:
+    | { failures: number; downMs: number; downSince: number; delayMs: number }
+    | undefined;
+
+  const listen = () => {
+    const server = Deno.serve(
+      { hostname, port, onListen() {} },
+      (req, info) => {
+        const addr = info.remoteAddr as Deno.NetAddr;
+        return handler(req, { remoteAddr: addr.hostname ?? "" });
+      },
+    );
+    port = (server.addr as Deno.NetAddr).port;
+    servers.push(server);
+    listening = true;
+    const failed = (error: unknown) => {
+      if (stopping || servers.at(-1) !== server) return;
+      listening = false;
+      if (timer !== undefined) clearTimeout(timer);
+      const start = episode === undefined;
+      episode ??= {
+        failures: 0,
+        downMs: 0,
+        downSince: 0,
+        delayMs: RELISTEN_MIN_DELAY_MS,
+      };
+      episode.failures++;
+      episode.downSince = performance.now();
+      // The runtime's message reads "Error: Too many open files (os error 24)".
+      const message = (error instanceof Error ? error.message : String(error))
+        .replace(/^Error: /, "");
+      const err = new Error(message, { cause: error });
+      events?.onDown(err, listenerErrorReason(err), start);
+      relisten(episode);
+    };
+    // Only shutdown() should end a listener; anything else is a failure.
+    server.finished.then(
+      () => failed(new Error("Listener closed unexpectedly")),
+      failed,
+    );
   };
+
+  const relisten = (ep: NonNullable<typeof episode>) => {
+    const delayMs = ep.delayMs;
+    ep.delayMs = Math.min(delayMs * 2, RELISTEN_MAX_DELAY_MS);
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (stopping) return;
+      const free = freeFds(fdLimit);
+      if (free === undefined || free >= RELISTEN_FREE_FDS) {
+        try {
+          listen();
+        } catch { /* still out of descriptors, or the port is taken */ }
+      }
+      if (!listening) return relisten(ep);
+      ep.downMs += performance.now() - ep.downSince;
+      events?.onUp();
+      timer = setTimeout(() => {
+        timer = undefined;
+        episode = undefined;
+        events?.onRecovered(ep.downMs / 1000, ep.failures);
+      }, RELISTEN_SETTLE_MS);
+    }, delayMs);
+  };
+
+  listen();
+  const first = servers[0]!;
+  return {
+    get port() {
+      return port;
+    },
+    hostname: (first.addr as Deno.NetAddr).hostname,
+    get listening() {
+      return listening;
+    },
+    async shutdown() {
+      stopping = true;
+      if (timer !== undefined) clearTimeout(timer);
+      await Promise.allSettled(servers.map((s) => s.shutdown()));
+    },
+  };
+}
+
+/**
+ * Names an accept failure by its OS error number.
+ *
+ * @param error The runtime's error; its message ends in `(os error N)`.
+ * @returns `emfile` for errno 24, `enfile` for 23, else `other`.
+ */
+export function listenerErrorReason(error: Error): ListenerErrorReason {
+  const errno = error.message.match(/\(os error (\d+)\)/)?.[1];
+  return errno === "24" ? "emfile" : errno === "23" ? "enfile" : "other";
+}
+
+/**
+ * Descriptors this process may still open.
+ *
+ * @param limit The open-file soft limit, `undefined` when unknown.
+ * @returns The limit minus open descriptors; 0 when `/proc/self/fd` cannot
+ *   be read (which happens at EMFILE); `undefined` when the limit is unknown.
+ */
+function freeFds(limit: number | undefined): number | undefined {
+  if (limit === undefined) return undefined;
+  const open = openFds();
+  return open === undefined ? 0 : limit - open;
 }
 
 /** Options for {@link upgradeWebSocket}. */
@@ -200,6 +384,50 @@ export function maxFds(): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Values at or above this mean "no limit" (cgroup v1 writes 2^63 rounded down to a page). */
+const NO_MEMORY_LIMIT = 2 ** 62;
+
+/**
+ * Reads the memory limit of this process's control group: cgroup v2
+ * `memory.max`, else cgroup v1 `memory.limit_in_bytes`; the process's own
+ * group first (from `/proc/self/cgroup`), then the mount's root, which is the
+ * container's own group under a cgroup namespace or Docker's v1 mounts.
+ *
+ * @returns The limit in bytes, or `undefined` when there is none (`max`, or
+ *   v1's near-2^63 "unlimited") or it cannot be read.
+ */
+export function cgroupMemoryLimit(): number | undefined {
+  let own: { v2?: string; v1?: string } = {};
+  try {
+    const text = Deno.readTextFileSync("/proc/self/cgroup");
+    own = {
+      v2: text.match(/^0::(\/.*)$/m)?.[1],
+      v1: text.match(/^\d+:(?:[^:]*,)?memory(?:,[^:]*)?:(\/.*)$/m)?.[1],
+    };
+  } catch { /* no /proc: try the roots */ }
+  const candidates = [
+    own.v2 && own.v2 !== "/" && `/sys/fs/cgroup${own.v2}/memory.max`,
+    "/sys/fs/cgroup/memory.max",
+    own.v1 && own.v1 !== "/" &&
+    `/sys/fs/cgroup/memory${own.v1}/memory.limit_in_bytes`,
+    "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+  ];
+  for (const path of candidates) {
+    if (!path) continue;
+    let text;
+    try {
+      text = Deno.readTextFileSync(path).trim();
+    } catch {
+      continue;
+    }
+    if (text === "max") return undefined;
+    const bytes = Number(text);
+    if (!Number.isFinite(bytes) || bytes <= 0) continue;
+    return bytes >= NO_MEMORY_LIMIT ? undefined : bytes;
+  }
+  return undefined;
 }
 
 /**

@@ -5,12 +5,18 @@
  * @module
  */
 import type { Hono } from "hono";
-import { createApp } from "./app.ts";
+import { createApp, type ProcessLimits } from "./app.ts";
 import { Lifecycle } from "./lifecycle.ts";
+import { MemoryGuard } from "./memory_guard.ts";
 import { logger } from "./observability/logging.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { type TracingOptions, withRootSpan } from "./observability/tracing.ts";
-import { type HttpServer, serve } from "./platform.ts";
+import {
+  cgroupMemoryLimit,
+  type HttpServer,
+  maxFds,
+  serve,
+} from "./platform.ts";
 import type { Settings } from "./settings.ts";
 import { type DrainResult, Hub } from "./sessions/hub.ts";
 import { MemorySessionStore } from "./sessions/memory_store.ts";
@@ -46,6 +52,87 @@ export interface Server {
    * Skips what is left of the drain delay and handshake wait (a second signal).
    */
   hurry(): void;
+}
+
+/**
+ * Descriptors kept back from the derived `MAX_CONNECTIONS` for Redis, OTLP,
+ * logs, the runtime's own and in-flight HTTP requests: at least this many…
+ */
+export const FD_RESERVE_MIN = 64;
+/** …or this share of the open-file limit, whichever is larger. */
+export const FD_RESERVE_RATIO = 0.05;
+
+/** The effective `MAX_CONNECTIONS` and where it came from. */
+export interface ConnectionLimit {
+  /** Most sockets open at once; 0 means unlimited. */
+  readonly maxConnections: number;
+  /**
+   * `MAX_CONNECTIONS` (set explicitly), `open_file_limit` (derived from it)
+   * or `unknown` (no setting, no readable limit: unlimited).
+   */
+  readonly source: "MAX_CONNECTIONS" | "open_file_limit" | "unknown";
+}
+
+/**
+ * Works out `MAX_CONNECTIONS`: the setting when given (0 = unlimited), else
+ * the open-file soft limit less a reserve of `max(64, ceil(5 % of it))`,
+ * at least 1, so a full server answers 503 `max_connections` before its
+ * accept loop runs out of descriptors.
+ *
+ * @param setting `MAX_CONNECTIONS`, `undefined` when unset.
+ * @param fdLimit The open-file soft limit, `undefined` when unknown.
+ * @returns The effective limit and its source.
+ *
+ * @example
+ * ```ts
+ * connectionLimit(undefined, 20000); // { maxConnections: 19000, source: "open_file_limit" }
+ * connectionLimit(undefined, 1024); // { maxConnections: 960, source: "open_file_limit" }
+ * ```
+ */
+export function connectionLimit(
+  setting: number | undefined,
+  fdLimit: number | undefined,
+): ConnectionLimit {
+  if (setting !== undefined) {
+    return { maxConnections: setting, source: "MAX_CONNECTIONS" };
+  }
+  if (fdLimit === undefined) return { maxConnections: 0, source: "unknown" };
+  const reserve = Math.max(
+    FD_RESERVE_MIN,
+    Math.ceil(fdLimit * FD_RESERVE_RATIO),
+  );
+  return {
+    maxConnections: Math.max(1, fdLimit - reserve),
+    source: "open_file_limit",
+  };
+}
+
+/** The memory limit the guard works from, and where it came from. */
+export interface MemoryLimit {
+  /** Bytes. */
+  readonly bytes: number;
+  /** `MEMORY_LIMIT_BYTES` or `cgroup`. */
+  readonly source: "MEMORY_LIMIT_BYTES" | "cgroup";
+}
+
+/**
+ * Picks the memory guard's limit: `MEMORY_LIMIT_BYTES` when set (0 turns the
+ * guard off), else the control group's limit.
+ *
+ * @param setting `MEMORY_LIMIT_BYTES`, `undefined` when unset.
+ * @param cgroup The cgroup limit in bytes, `undefined` when none.
+ * @returns The limit, or `undefined` when the guard is off.
+ */
+export function memoryLimit(
+  setting: number | undefined,
+  cgroup: number | undefined,
+): MemoryLimit | undefined {
+  if (setting !== undefined) {
+    return setting > 0
+      ? { bytes: setting, source: "MEMORY_LIMIT_BYTES" }
+      : undefined;
+  }
+  return cgroup === undefined ? undefined : { bytes: cgroup, source: "cgroup" };
 }
 
 /**
@@ -90,7 +177,9 @@ export async function startServer(settings: Settings): Promise<Server> {
   };
   const metrics: Metrics = new Metrics(settings.color, {
     activeConnections: (): number => hub.size,
-    ready: (): boolean => lifecycle.state === "ready" && store.available,
+    ready: (): boolean =>
+      lifecycle.state === "ready" && store.available &&
+      lifecycle.faults.size === 0,
     drainingSeconds: (): number | undefined =>
       lifecycle.state === "draining" ? lifecycle.drainSeconds : undefined,
   });
@@ -105,20 +194,60 @@ export async function startServer(settings: Settings): Promise<Server> {
     metrics,
     logger("ws"),
   );
-  const app = createApp({ settings, lifecycle, metrics, hub, store });
+  const fdLimit = maxFds();
+  const connections = connectionLimit(settings.maxConnections, fdLimit);
+  const memory = memoryLimit(settings.memoryLimitBytes, cgroupMemoryLimit());
+  const guard = memory && startMemoryGuard(memory, settings, lifecycle, hub);
+  metrics.memoryLimit.set(memory?.bytes ?? 0);
+  const limits: ProcessLimits = {
+    maxConnections: connections.maxConnections,
+    maxFds: fdLimit,
+    memoryLimitBytes: memory?.bytes,
+  };
+  const app = createApp({ settings, lifecycle, metrics, hub, store, limits });
 
   let http: HttpServer;
   try {
-    http = serve(
-      { hostname: settings.host, port: settings.port },
-      (req, info) => app.fetch(req, info),
-    );
+    http = serve({
+      hostname: settings.host,
+      port: settings.port,
+      events: {
+        onDown(error, reason, episodeStart) {
+          metrics.listenerErrors.labels(reason).inc();
+          metrics.listenerUp.set(0);
+          lifecycle.fail("listener", error.message);
+          if (!episodeStart) return;
+          log.error("Listener stopped: {cause}", {
+            cause: error.message,
+            reason,
+            port: http.port,
+            max_fds: fdLimit,
+            active_connections: hub.size,
+          });
+        },
+        onUp() {
+          metrics.listenerUp.set(1);
+          lifecycle.clear("listener");
+        },
+        onRecovered(downSeconds, failures) {
+          log.info("Listener restored on {host}:{port}", {
+            host: http.hostname,
+            port: http.port,
+            down_seconds: round6(downSeconds),
+            failures,
+            active_connections: hub.size,
+          });
+        },
+      },
+    }, (req, info) => app.fetch(req, info));
   } catch (error) {
+    guard?.stop();
     hub.stopHeartbeat();
     metrics[Symbol.dispose]();
     await store.close();
     throw error;
   }
+  metrics.listenerUp.set(1);
 
   // The startup span covers process start (the time origin) to ready.
   await withRootSpan(tracing, "sockeye startup", (span) => {
@@ -133,6 +262,12 @@ export async function startServer(settings: Settings): Promise<Server> {
       port: http.port,
       startup_seconds: round6(startupSeconds),
       store: store.kind,
+      max_connections: connections.maxConnections,
+      max_connections_source: connections.source,
+      max_fds: fdLimit,
+      memory_limit_bytes: memory?.bytes,
+      memory_limit_source: memory?.source,
+      memory_threshold_bytes: guard?.thresholdBytes,
     });
     return Promise.resolve();
   }, performance.timeOrigin);
@@ -148,6 +283,7 @@ export async function startServer(settings: Settings): Promise<Server> {
         hub,
         store,
         http,
+        guard,
         hurry: hurry.signal,
       });
       span?.setAttributes({
@@ -180,9 +316,10 @@ async function runDrain(reason: string, ctx: {
   hub: Hub;
   store: SessionStore;
   http: HttpServer;
+  guard: MemoryGuard | undefined;
   hurry: AbortSignal;
 }): Promise<ShutdownReport> {
-  const { settings, lifecycle, metrics, hub, store, http, hurry } = ctx;
+  const { settings, lifecycle, metrics, hub, store, http, guard, hurry } = ctx;
   const log = logger("server");
   const start = performance.now();
   const budgetMs = settings.shutdownTimeoutS * 1000;
@@ -215,6 +352,7 @@ async function runDrain(reason: string, ctx: {
   // Closes what is left (1001) and waits for in-flight HTTP requests.
   await http.shutdown();
   await store.close();
+  guard?.stop();
   metrics[Symbol.dispose]();
   const overran = shutdownSeconds > settings.shutdownTimeoutS;
   log.info("Drain complete", {
@@ -223,6 +361,61 @@ async function runDrain(reason: string, ctx: {
     forced: result.forced,
   });
   return { ...result, shutdownSeconds, overran };
+}
+
+/**
+ * Starts the memory guard: above the threshold, readiness fails (check
+ * `process_memory`) and upgrades get 503 `memory_pressure`; one warning line
+ * when that starts, one info line when it ends.
+ */
+function startMemoryGuard(
+  memory: MemoryLimit,
+  settings: Settings,
+  lifecycle: Lifecycle,
+  hub: Hub,
+): MemoryGuard {
+  const log = logger("server");
+  const detail = (rss: number) =>
+    `rss ${mib(rss)} MiB above ${mib(guard.thresholdBytes)} MiB ` +
+    `(${Math.round(settings.memoryGuardRatio * 100)} % of the ${
+      mib(memory.bytes)
+    } MiB limit)`;
+  const fields = (rss: number) => ({
+    rss_bytes: rss,
+    threshold_bytes: guard.thresholdBytes,
+    limit_bytes: memory.bytes,
+    limit_source: memory.source,
+    active_connections: hub.size,
+  });
+  const guard: MemoryGuard = new MemoryGuard({
+    limitBytes: memory.bytes,
+    ratio: settings.memoryGuardRatio,
+  }, {
+    onPressure(rss) {
+      lifecycle.fail("process_memory", detail(rss));
+      log.warning(
+        "Memory pressure: refusing new WebSockets ({rss_mib} MiB resident)",
+        { rss_mib: mib(rss), ...fields(rss) },
+      );
+    },
+    onRelief(rss) {
+      lifecycle.clear("process_memory");
+      log.info(
+        "Memory pressure over: accepting new WebSockets ({rss_mib} MiB resident)",
+        { rss_mib: mib(rss), ...fields(rss) },
+      );
+    },
+    onReading(rss) {
+      lifecycle.fail("process_memory", detail(rss));
+    },
+  });
+  guard.start();
+  return guard;
+}
+
+/** Bytes as MiB with one decimal, for messages. */
+function mib(bytes: number): number {
+  return Math.round(bytes / 104857.6) / 10;
 }
 
 function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {

@@ -43,8 +43,11 @@ export interface Settings {
   readonly sessionTtlS: number;
   /** Largest accepted text frame in UTF-8 bytes. @default 65536 */
   readonly maxMessageBytes: number;
-  /** Most sockets open at once; 0 means unlimited. @default 0 */
-  readonly maxConnections: number;
+  /**
+   * Most sockets open at once; 0 means unlimited; `undefined` (unset) derives
+   * it at start from the open-file limit (see `connectionLimit` in server.ts).
+   */
+  readonly maxConnections: number | undefined;
   /** Text frames per second per socket; 0 turns the limit off. @default 0 */
   readonly rateLimitPerS: number;
   /** Seconds without a pong before a socket is dropped; 0 turns it off. @default 60 */
@@ -61,6 +64,16 @@ export interface Settings {
   readonly otelEnabled: boolean;
   /** Fraction (0–1) of a traced connection's frames that get a span. @default 0.01 */
   readonly traceFrameRatio: number;
+  /**
+   * Memory limit in bytes for the memory guard; 0 turns the guard off;
+   * `undefined` (unset) takes the control group's limit, if any.
+   */
+  readonly memoryLimitBytes: number | undefined;
+  /**
+   * Share (0.1–1) of the memory limit above which readiness fails and new
+   * WebSockets are refused. @default 0.85
+   */
+  readonly memoryGuardRatio: number;
 }
 
 /**
@@ -243,7 +256,9 @@ export function parseSettings(env: Env): Settings {
       max: 64 * 1024 * 1024,
       integer: true,
     }),
-    maxConnections: number("MAX_CONNECTIONS", 0, { min: 0, integer: true }),
+    maxConnections: read("MAX_CONNECTIONS") === undefined
+      ? undefined
+      : number("MAX_CONNECTIONS", 0, { min: 0, integer: true }),
     rateLimitPerS: number("RATE_LIMIT_PER_S", 0, { min: 0 }),
     idleTimeoutS: seconds("IDLE_TIMEOUT_S", 60, { min: 0, integer: true }),
     allowedOrigins: allowedOrigins && Object.freeze(allowedOrigins),
@@ -254,6 +269,10 @@ export function parseSettings(env: Env): Settings {
       choice("OTEL_DENO", "false", ["true", "false", "1", "0"]),
     ),
     traceFrameRatio: number("TRACE_FRAME_RATIO", 0.01, { min: 0, max: 1 }),
+    memoryLimitBytes: read("MEMORY_LIMIT_BYTES") === undefined
+      ? undefined
+      : number("MEMORY_LIMIT_BYTES", 0, { min: 0, integer: true }),
+    memoryGuardRatio: number("MEMORY_GUARD_RATIO", 0.85, { min: 0.1, max: 1 }),
   });
 }
 

@@ -332,17 +332,28 @@ export interface ServerProcess extends AsyncDisposable {
   readonly status: Promise<Deno.CommandStatus>;
 }
 
+/** Options for {@link spawnServer}. */
+export interface SpawnOptions {
+  /** Runs the server under `ulimit -n` this many open files. */
+  readonly maxFds?: number;
+}
+
 /**
  * Runs `main.ts serve` as a subprocess on a free port and waits until it
  * logs that it is ready.
  *
  * @param env Settings; PORT defaults to 0 (the ready line names the port).
+ * @param options Process limits.
  */
 export async function spawnServer(
   env: Record<string, string> = {},
+  options: SpawnOptions = {},
 ): Promise<ServerProcess> {
-  const child = new Deno.Command(DENO, {
-    args: ["run", "-A", `${ROOT}main.ts`, "serve"],
+  const command = [DENO, "run", "-A", `${ROOT}main.ts`, "serve"];
+  const child = new Deno.Command(options.maxFds ? "sh" : DENO, {
+    args: options.maxFds
+      ? ["-c", `ulimit -n ${options.maxFds} && exec "$@"`, "sh", ...command]
+      : command.slice(1),
     env: { PORT: "0", HOST: "127.0.0.1", NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
@@ -543,4 +554,59 @@ export async function startRedis(): Promise<TestRedis> {
       await Deno.remove(dir, { recursive: true });
     },
   };
+}
+
+/** Debian's nginx running the shipped `monitoring/nginx/nginx.conf`. */
+export interface TestNginx extends AsyncDisposable {
+  /** The proxy's loopback port. */
+  readonly port: number;
+}
+
+/**
+ * Starts nginx with the shipped config on a free loopback port, its upstream
+ * pointing at `upstreamPort`, its files in a temporary folder.
+ *
+ * @param upstreamPort The sockeye port behind the proxy.
+ */
+export async function startNginx(upstreamPort: number): Promise<TestNginx> {
+  const dir = await Deno.makeTempDir({ prefix: "sockeye-nginx-" });
+  const port = freePort();
+  const shipped = await Deno.readTextFile(`${ROOT}monitoring/nginx/nginx.conf`);
+  await Deno.writeTextFile(
+    `${dir}/nginx.conf`,
+    shipped
+      .replace("/etc/nginx/sockeye/upstream.conf", `${dir}/upstream.conf`)
+      .replace("listen 80;", `listen 127.0.0.1:${port};`)
+      .replace("http {", `http {\n  access_log ${dir}/access.log;`),
+  );
+  await Deno.writeTextFile(
+    `${dir}/upstream.conf`,
+    `upstream sockeye_live {\n  server 127.0.0.1:${upstreamPort};\n}\n`,
+  );
+  const child = new Deno.Command("nginx", {
+    args: [
+      "-p",
+      dir,
+      "-c",
+      `${dir}/nginx.conf`,
+      "-g",
+      `pid ${dir}/nginx.pid; error_log ${dir}/error.log; daemon off;`,
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const stop = async () => {
+    try {
+      child.kill("SIGTERM");
+    } catch { /* gone */ }
+    await child.status;
+    await Deno.remove(dir, { recursive: true });
+  };
+  try {
+    await waitForPort(port);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { port, [Symbol.asyncDispose]: stop };
 }

@@ -18,10 +18,7 @@ Deno.test("deno compile builds the sockeye binary (smoke-tested where the runtim
     const out = await new Deno.Command(DENO, {
       args: [
         "compile",
-        "--allow-net",
-        "--allow-env",
-        "--allow-read",
-        "--allow-sys",
+        "--allow-all",
         "--output",
         `${dir}/sockeye`,
         `${ROOT}main.ts`,

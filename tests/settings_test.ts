@@ -21,7 +21,7 @@ Deno.test("defaults follow the contract", () => {
   assert.equal(s.drainDelayS, 0);
   assert.equal(s.sessionTtlS, 3600);
   assert.equal(s.maxMessageBytes, 65536);
-  assert.equal(s.maxConnections, 0);
+  assert.equal(s.maxConnections, undefined);
   assert.equal(s.rateLimitPerS, 0);
   assert.equal(s.idleTimeoutS, 60);
   assert.equal(s.allowedOrigins, undefined);

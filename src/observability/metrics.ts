@@ -19,7 +19,7 @@ import {
   type PrometheusContentType,
   Registry,
 } from "prom-client";
-import { runtimeVersion } from "../platform.ts";
+import { LISTENER_ERROR_REASONS, runtimeVersion } from "../platform.ts";
 import { VERSION } from "../version.ts";
 import { CollectedHistogram } from "./collector.ts";
 import { FrameStats, MESSAGE_DURATION_BUCKETS } from "./frame_stats.ts";
@@ -45,6 +45,7 @@ export const ERROR_TYPES: readonly string[] = [
   "upgrade_required", // HTTP 426
   "max_connections", // HTTP 503
   "draining", // HTTP 503
+  "memory_pressure", // HTTP 503 while the memory guard holds
 ];
 
 /** Close codes exported from the start at 0. */
@@ -105,6 +106,12 @@ export class Metrics implements Disposable {
   readonly shutdownTime: Gauge;
   /** `app_dependency_up{dependency}`. */
   readonly dependencyUp: Gauge<"dependency">;
+  /** `http_listener_errors_total{reason}`. */
+  readonly listenerErrors: Counter<"reason">;
+  /** `http_listener_up`. */
+  readonly listenerUp: Gauge;
+  /** `app_memory_limit_bytes`. */
+  readonly memoryLimit: Gauge;
 
   #scrapes: Promise<unknown> = Promise.resolve();
   #lag: LoopLagMonitor;
@@ -229,6 +236,28 @@ export class Metrics implements Disposable {
       name: "app_dependency_up",
       help: "1 when a dependency answers its health check, else 0.",
       labelNames: ["dependency"],
+      registers,
+    });
+    this.listenerErrors = new Counter({
+      name: "http_listener_errors_total",
+      help: "Failures of the HTTP accept loop, by reason: emfile (process " +
+        "out of file descriptors), enfile (system out of them), other.",
+      labelNames: ["reason"],
+      registers,
+    });
+    for (const reason of LISTENER_ERROR_REASONS) {
+      this.listenerErrors.labels(reason).inc(0);
+    }
+    this.listenerUp = new Gauge({
+      name: "http_listener_up",
+      help: "1 while the HTTP listener accepts connections, 0 while it " +
+        "re-listens after an accept failure.",
+      registers,
+    });
+    this.memoryLimit = new Gauge({
+      name: "app_memory_limit_bytes",
+      help: "Memory limit the memory guard works from (cgroup or " +
+        "MEMORY_LIMIT_BYTES), in bytes; 0 when the guard is off.",
       registers,
     });
     this.#lag = new LoopLagMonitor();
