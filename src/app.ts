@@ -23,7 +23,9 @@ import { type ConnInfo, upgradeWebSocket } from "./platform.ts";
 import type { Settings } from "./settings.ts";
 import { SUBPROTOCOL } from "./sessions/frames.ts";
 import type { Hub } from "./sessions/hub.ts";
-import { type SessionStore, StoreUnavailableError } from "./sessions/store.ts";
+import type { SessionStore } from "./sessions/store.ts";
+import { Admission, Refused } from "./sessions/admission.ts";
+import { REFUSALS } from "./sessions/refusals.ts";
 import { VERSION } from "./version.ts";
 
 /** Everything the routes read. */
@@ -56,74 +58,6 @@ type Env = {
   Bindings: ConnInfo;
   Variables: { requestId: string };
 };
-
-/** Session ids clients may choose (UUIDs match). */
-export const SESSION_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
-
-/** Query parameters naming the session, in order of precedence. */
-export const SESSION_PARAMS = [
-  "session_uuid",
-  "session_id",
-  "session",
-] as const;
-
-/**
- * Reads the session id from an upgrade URL.
- *
- * @param url The request URL.
- * @returns The client's id, or a fresh UUID v4 when none (or an empty one) is given.
- * @throws {HttpError} 400 when the id does not match {@link SESSION_ID_RE}.
- */
-export function sessionIdFrom(url: URL): string {
-  for (const name of SESSION_PARAMS) {
-    const value = url.searchParams.get(name);
-    if (value === null || value === "") continue;
-    if (!SESSION_ID_RE.test(value)) {
-      throw new HttpError(
-        400,
-        `Cannot use ${name}: expected 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'`,
-        { errorType: "invalid_session_id" },
-      );
-    }
-    return value;
-  }
-  return crypto.randomUUID();
-}
-
-// A comma-separated list; whitespace around the commas is optional (RFC 9110 §5.6.1).
-function wantsSubprotocol(header: string | undefined): boolean {
-  if (!header) return false;
-  return header.split(",").some((p) => p.trim() === SUBPROTOCOL);
-}
-
-/** The base64 encoding of 16 bytes: 22 characters and `==` (RFC 6455 §4.1). */
-const WEBSOCKET_KEY_RE = /^[A-Za-z0-9+/]{22}==$/;
-
-/**
- * Checks the handshake headers Deno's upgrade does not: the protocol version
- * and the form of the key (RFC 6455 §4.2.1).
- *
- * @param headers The upgrade request's headers.
- * @throws {HttpError} 400 `bad_upgrade` when `Sec-WebSocket-Version` is not
- * `13` (with `Sec-WebSocket-Version: 13`, RFC 6455 §4.4), or when
- * `Sec-WebSocket-Key` is missing or not the base64 encoding of 16 bytes.
- */
-export function checkHandshake(headers: Headers): void {
-  if (headers.get("sec-websocket-version") !== "13") {
-    throw new HttpError(400, "Cannot use Sec-WebSocket-Version: expected 13", {
-      errorType: "bad_upgrade",
-      headers: { "Sec-WebSocket-Version": "13" },
-    });
-  }
-  const key = headers.get("sec-websocket-key");
-  if (key === null || !WEBSOCKET_KEY_RE.test(key)) {
-    throw new HttpError(
-      400,
-      "Cannot use Sec-WebSocket-Key: expected the base64 encoding of 16 bytes",
-      { errorType: "bad_upgrade" },
-    );
-  }
-}
 
 /**
  * The `method` label of the HTTP metrics: one of the methods OpenTelemetry
@@ -184,28 +118,15 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   app.onError((error, c) => {
     if (error instanceof HttpError) {
-      if (error.errorType !== undefined) {
-        metrics.error(error.errorType);
-        recordError(activeSpan(), error.errorType, error.message);
-        wsLog.warning("Refusing WebSocket upgrade: {message}", {
-          message: error.message,
-          status: error.status,
-          error_type: error.errorType,
-          ...(error.cause === undefined ? {} : { error: error.cause }),
-          remote_addr: c.env?.remoteAddr,
-          user_agent: c.req.header("User-Agent"),
-        });
-      } else {
-        httpLog.warning("Refusing {method} {path}: {message}", {
-          method: c.req.method,
-          path: c.req.path,
-          message: error.message,
-          status: error.status,
-          remote_addr: c.env?.remoteAddr,
-        });
-      }
+      httpLog.warning("Refusing {method} {path}: {message}", {
+        method: c.req.method,
+        path: c.req.path,
+        message: error.message,
+        status: error.status,
+        remote_addr: c.env?.remoteAddr,
+      });
       return c.json(
-        { error: error.errorType ?? "http_error", message: error.message },
+        { error: "http_error", message: error.message },
         error.status as 400,
         error.headers,
       );
@@ -299,70 +220,37 @@ export function createApp(deps: AppDeps): Hono<Env> {
     return c.body(body, 200, { "Content-Type": contentType });
   });
 
-  let attaching = 0;
+  const admission = new Admission({
+    settings,
+    lifecycle,
+    store,
+    openSockets: () => hub.size,
+    maxConnections: limits.maxConnections,
+  });
+  /** Renders a refusal: status, JSON body, metric, span, one log line. */
+  const refuse = (c: Context<Env>, refused: Refused): Response => {
+    const { refusal, message, cause } = refused;
+    metrics.error(refusal.errorType);
+    recordError(activeSpan(), refusal.errorType, message);
+    wsLog[refusal.level]("Refusing WebSocket upgrade: {message}", {
+      message,
+      status: refusal.status,
+      error_type: refusal.errorType,
+      ...(cause === undefined ? {} : { error: cause }),
+      remote_addr: c.env?.remoteAddr,
+      user_agent: c.req.header("User-Agent"),
+    });
+    return c.json(
+      { error: refusal.errorType, message },
+      refusal.status as 400,
+      refusal.headers,
+    );
+  };
   const upgrade = async (c: Context<Env>) => {
     const req = c.req.raw;
-    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
-      throw new HttpError(426, "Expected a WebSocket upgrade", {
-        errorType: "upgrade_required",
-        headers: { Upgrade: "websocket" },
-      });
-    }
-    checkHandshake(req.headers);
-    if (!lifecycle.acceptingUpgrades) {
-      throw new HttpError(503, "Server is shutting down", {
-        errorType: "draining",
-        headers: { "Retry-After": "1" },
-      });
-    }
-    if (lifecycle.faults.has("process_memory")) {
-      throw new HttpError(503, "Server is under memory pressure", {
-        errorType: "memory_pressure",
-        headers: { "Retry-After": "5" },
-      });
-    }
-    const origin = req.headers.get("origin");
-    if (
-      origin !== null && settings.allowedOrigins !== undefined &&
-      !settings.allowedOrigins.includes(origin)
-    ) {
-      throw new HttpError(403, `Origin ${origin} is not allowed`, {
-        errorType: "origin_not_allowed",
-      });
-    }
-    // Upgrades still waiting on the store count too, or a burst overshoots.
-    if (
-      limits.maxConnections > 0 &&
-      hub.size + attaching >= limits.maxConnections
-    ) {
-      throw new HttpError(503, "Server is at MAX_CONNECTIONS", {
-        errorType: "max_connections",
-        headers: { "Retry-After": "1" },
-      });
-    }
-    const sessionId = sessionIdFrom(new URL(req.url));
-    let session;
-    attaching++;
-    try {
-      session = await store.attach(sessionId);
-    } catch (error) {
-      if (!(error instanceof StoreUnavailableError)) {
-        throw new HttpError(500, "Cannot open the session", {
-          errorType: "internal",
-          cause: error,
-        });
-      }
-      throw new HttpError(503, "Session store unavailable", {
-        errorType: "store_unavailable",
-        headers: { "Retry-After": "1" },
-        cause: error,
-      });
-    } finally {
-      attaching--;
-    }
-    const wantsSessionFrame = wantsSubprotocol(
-      req.headers.get("sec-websocket-protocol") ?? undefined,
-    );
+    const admitted = await admission.admit(req);
+    if (admitted instanceof Refused) return refuse(c, admitted);
+    const { session, sessionId, wantsSessionFrame } = admitted;
     // The request's headers are gone once it is upgraded: read them now.
     const userAgent = req.headers.get("user-agent") ?? "";
     let upgraded;
@@ -373,10 +261,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
       });
     } catch (error) {
       session.release();
-      throw new HttpError(400, "Invalid WebSocket upgrade request", {
-        errorType: "bad_upgrade",
-        cause: error,
-      });
+      return refuse(c, new Refused(REFUSALS.badUpgrade, undefined, error));
     }
     upgraded.response.headers.set("X-Session-UUID", sessionId);
     hub.add(upgraded.socket, session, {

@@ -1,18 +1,16 @@
 /**
- * One error type for refusals answered over HTTP (before or instead of a
- * WebSocket upgrade), so every refusal gets the same JSON body, metric and
- * log line.
+ * One error type for plain HTTP refusals (e.g. `/metrics` without its token),
+ * so each gets the same JSON body and log line. WebSocket upgrade refusals
+ * are causes in `sessions/refusals.ts`, rendered by the upgrade route.
  *
  * @module
  */
 
 /** A request refused with an HTTP status. */
 export class HttpError extends Error {
-  /** HTTP status code, e.g. 403. */
+  /** HTTP status code, e.g. 401. */
   readonly status: number;
-  /** `websocket_errors_total` label for WebSocket refusals; `undefined` for plain HTTP. */
-  readonly errorType: string | undefined;
-  /** Extra response headers, e.g. `Retry-After`. */
+  /** Extra response headers, e.g. `WWW-Authenticate`. */
   readonly headers: Readonly<Record<string, string>>;
 
   /**
@@ -20,21 +18,16 @@ export class HttpError extends Error {
    *
    * @param status HTTP status code.
    * @param message Sentence-case explanation returned to the client.
-   * @param options Metric label, headers and cause.
+   * @param options Headers and cause.
    */
   constructor(
     status: number,
     message: string,
-    options: {
-      errorType?: string;
-      headers?: Record<string, string>;
-      cause?: unknown;
-    } = {},
+    options: { headers?: Record<string, string>; cause?: unknown } = {},
   ) {
     super(message, { cause: options.cause });
     this.name = "HttpError";
     this.status = status;
-    this.errorType = options.errorType;
     this.headers = options.headers ?? {};
   }
 }

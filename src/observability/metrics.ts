@@ -20,33 +20,13 @@ import {
   Registry,
 } from "prom-client";
 import { LISTENER_ERROR_REASONS, runtimeVersion } from "../platform.ts";
+import { ERROR_TYPES } from "../sessions/refusals.ts";
 import { VERSION } from "../version.ts";
 import { CollectedHistogram } from "./collector.ts";
 import { FrameStats, MESSAGE_DURATION_BUCKETS } from "./frame_stats.ts";
 import { LoopLagMonitor, registerProcessMetrics } from "./process_metrics.ts";
 
 export { FrameStats, MESSAGE_DURATION_BUCKETS };
-
-/**
- * Every `error_type` of `websocket_errors_total`, each exported from the
- * start at 0 so `rate()` and alerts see the series before the first error.
- */
-export const ERROR_TYPES: readonly string[] = [
-  "binary_frame", // 1003
-  "message_too_big", // 1009
-  "rate_limited", // 1008
-  "slow_consumer", // 1008
-  "internal", // 1011
-  "idle_timeout", // 1001 after a missed pong
-  "store_unavailable", // frame answered {"error": "unavailable"} or upgrade 503
-  "invalid_session_id", // HTTP 400
-  "bad_upgrade", // HTTP 400
-  "origin_not_allowed", // HTTP 403
-  "upgrade_required", // HTTP 426
-  "max_connections", // HTTP 503
-  "draining", // HTTP 503
-  "memory_pressure", // HTTP 503 while the memory guard holds
-];
 
 /** Close codes exported from the start at 0. */
 const COMMON_CLOSE_CODES = ["1000", "1001", "1006"];

@@ -1,0 +1,214 @@
+/**
+ * Every cause for refusing an upgrade or closing a socket, in one table:
+ * its answer (an RFC 6455 close code, an HTTP status, or a frame), its
+ * `websocket_errors_total{error_type}` label, the reason the client reads and
+ * the level of its one log line.
+ *
+ * A cause is a value, not a `(code, label, reason)` triple repeated at call
+ * sites; the pre-exported label set of `websocket_errors_total` and the
+ * README's refusal table (checked by a test) come from here.
+ *
+ * @module
+ */
+
+/** RFC 6455 §7.4.1 close codes the service sends. */
+export const CloseCode = {
+  /** 1000: normal closure. */
+  normal: 1000,
+  /** 1001: going away (drain, idle timeout). */
+  goingAway: 1001,
+  /** 1002: protocol error. */
+  protocolError: 1002,
+  /** 1003: unsupported data (binary frame). */
+  unsupportedData: 1003,
+  /** 1008: policy violation (rate limit, slow consumer). */
+  policyViolation: 1008,
+  /** 1009: message too big. */
+  messageTooBig: 1009,
+  /** 1011: internal error. */
+  internalError: 1011,
+} as const;
+
+/** A cause answered by closing an open socket. */
+export interface CloseRefusal {
+  /** How the cause is answered. */
+  readonly kind: "close";
+  /** The RFC 6455 close code sent. */
+  readonly code: number;
+  /** `websocket_errors_total` label. */
+  readonly errorType: string;
+  /** The close reason (at most 123 bytes of UTF-8). */
+  readonly reason: string;
+  /** Level of the cause's log line. */
+  readonly level: "warning" | "error";
+}
+
+/** A cause answered with an HTTP status before the upgrade. */
+export interface HttpRefusal {
+  /** How the cause is answered. */
+  readonly kind: "http";
+  /** The HTTP status. */
+  readonly status: number;
+  /** `websocket_errors_total` label, also the JSON body's `error`. */
+  readonly errorType: string;
+  /** The JSON body's `message`. */
+  readonly reason: string;
+  /** Level of the cause's log line. */
+  readonly level: "warning" | "error";
+  /** Extra response headers, e.g. `Retry-After`. */
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/** A cause answered with a frame; the socket stays open. */
+export interface FrameRefusal {
+  /** How the cause is answered. */
+  readonly kind: "frame";
+  /** `websocket_errors_total` label. */
+  readonly errorType: string;
+  /** What the log line says. */
+  readonly reason: string;
+  /** Level of the cause's log line. */
+  readonly level: "warning" | "error";
+}
+
+/** Any refusal. */
+export type Refusal = CloseRefusal | HttpRefusal | FrameRefusal;
+
+function close(
+  code: number,
+  errorType: string,
+  reason: string,
+  level: "warning" | "error" = "warning",
+): CloseRefusal {
+  return Object.freeze({ kind: "close", code, errorType, reason, level });
+}
+
+function http(
+  status: number,
+  errorType: string,
+  reason: string,
+  headers: Record<string, string> = {},
+  level: "warning" | "error" = "warning",
+): HttpRefusal {
+  return Object.freeze({
+    kind: "http",
+    status,
+    errorType,
+    reason,
+    level,
+    headers: Object.freeze(headers),
+  });
+}
+
+const RETRY_SOON = { "Retry-After": "1" };
+
+/** Every cause, by name. */
+export const REFUSALS = Object.freeze({
+  // On an open socket.
+  binaryFrame: close(
+    CloseCode.unsupportedData,
+    "binary_frame",
+    "binary frames are not supported",
+  ),
+  messageTooBig: close(
+    CloseCode.messageTooBig,
+    "message_too_big",
+    "message too big",
+  ),
+  rateLimited: close(
+    CloseCode.policyViolation,
+    "rate_limited",
+    "rate limit exceeded",
+  ),
+  slowConsumer: close(
+    CloseCode.policyViolation,
+    "slow_consumer",
+    "slow consumer",
+  ),
+  idleTimeout: close(
+    CloseCode.goingAway,
+    "idle_timeout",
+    "no pong within the idle timeout",
+  ),
+  protocolError: close(
+    CloseCode.protocolError,
+    "protocol_error",
+    "protocol error",
+  ),
+  internal: close(
+    CloseCode.internalError,
+    "internal",
+    "internal error",
+    "error",
+  ),
+  storeUnavailableFrame: Object.freeze(
+    {
+      kind: "frame",
+      errorType: "store_unavailable",
+      reason: "session store cannot count the frame",
+      level: "error",
+    } as const,
+  ),
+  // Before the upgrade.
+  upgradeRequired: http(
+    426,
+    "upgrade_required",
+    "Expected a WebSocket upgrade",
+    { Upgrade: "websocket" },
+  ),
+  badVersion: http(
+    400,
+    "bad_upgrade",
+    "Cannot use Sec-WebSocket-Version: expected 13",
+    { "Sec-WebSocket-Version": "13" },
+  ),
+  badKey: http(
+    400,
+    "bad_upgrade",
+    "Cannot use Sec-WebSocket-Key: expected the base64 encoding of 16 bytes",
+  ),
+  badUpgrade: http(400, "bad_upgrade", "Invalid WebSocket upgrade request"),
+  invalidSessionId: http(
+    400,
+    "invalid_session_id",
+    "Cannot use the session id: expected 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'",
+  ),
+  originNotAllowed: http(403, "origin_not_allowed", "Origin is not allowed"),
+  draining: http(503, "draining", "Server is shutting down", RETRY_SOON),
+  memoryPressure: http(
+    503,
+    "memory_pressure",
+    "Server is under memory pressure",
+    { "Retry-After": "5" },
+  ),
+  maxConnections: http(
+    503,
+    "max_connections",
+    "Server is at MAX_CONNECTIONS",
+    RETRY_SOON,
+  ),
+  storeUnavailable: http(
+    503,
+    "store_unavailable",
+    "Session store unavailable",
+    RETRY_SOON,
+  ),
+  internalUpgrade: http(
+    500,
+    "internal",
+    "Cannot open the session",
+    {},
+    "error",
+  ),
+});
+
+/** The name of a cause in {@link REFUSALS}. */
+export type RefusalName = keyof typeof REFUSALS;
+
+/**
+ * Every `error_type` of `websocket_errors_total`, each exported from the
+ * start at 0 so `rate()` and alerts see the series before the first error.
+ */
+export const ERROR_TYPES: readonly string[] = Object.freeze([
+  ...new Set(Object.values(REFUSALS).map((r: Refusal) => r.errorType)),
+]);
