@@ -78,7 +78,7 @@ Deno.test("promtool accepts the Prometheus config and rules, and the rule unit t
     `${MON}prometheus/rules/sockeye.yml`,
   ]);
   assert.equal(rules.code, 0, rules.text);
-  assert.match(rules.text, /SUCCESS: 8 rules found/);
+  assert.match(rules.text, /SUCCESS: 9 rules found/);
   const tests = await run(
     "promtool",
     ["test", "rules", "sockeye_test.yml"],
