@@ -22,7 +22,11 @@ import { type ConnInfo, upgradeWebSocket } from "./platform.ts";
 import type { Settings } from "./settings.ts";
 import { SUBPROTOCOL } from "./sessions/frames.ts";
 import type { Hub } from "./sessions/hub.ts";
-import { type SessionStore, StoreUnavailableError } from "./sessions/store.ts";
+import {
+  SessionLimitError,
+  type SessionStore,
+  StoreUnavailableError,
+} from "./sessions/store.ts";
 import { VERSION } from "./version.ts";
 
 /** Everything the routes read. */
@@ -267,6 +271,13 @@ export function createApp(deps: AppDeps): Hono<Env> {
     try {
       session = await store.attach(sessionId);
     } catch (error) {
+      if (error instanceof SessionLimitError) {
+        throw new HttpError(503, "Server is at MAX_SESSIONS", {
+          errorType: "max_sessions",
+          headers: { "Retry-After": "1" },
+          cause: error,
+        });
+      }
       if (!(error instanceof StoreUnavailableError)) {
         throw new HttpError(500, "Cannot open the session", {
           errorType: "internal",
