@@ -798,7 +798,9 @@ export class RedisSessionStore implements SessionStore {
   #recover(): void {
     if (this.#recovering || this.#closed) return;
     this.#recovering = true;
-    this.#recoverLoop().finally(() => this.#recovering = false);
+    this.#recoverLoop().catch((error) => {
+      this.#log.error("Redis recovery stopped: {error}", { error });
+    }).finally(() => this.#recovering = false);
   }
 
   /**
@@ -806,6 +808,7 @@ export class RedisSessionStore implements SessionStore {
    * orphans, and only then reports the store available.
    */
   async #recoverLoop(): Promise<void> {
+    let lastRefusal: string | undefined;
     while (!this.#closed && !this.#up) {
       const failures = this.#failures;
       try {
@@ -822,7 +825,15 @@ export class RedisSessionStore implements SessionStore {
         if (failures !== this.#failures || this.#closed) continue;
         this.#markUp();
       } catch (error) {
-        this.#log.debug("Redis is not back yet: {error}", { error });
+        // Redis's own refusals (e.g. NOPERM for TIME or EVAL) do not pass by
+        // themselves: say so once; connection trouble is the outage itself.
+        const message = (error as Error).message;
+        if (isReplyError(error) && message !== lastRefusal) {
+          lastRefusal = message;
+          this.#log.warning("Cannot recover the Redis session store: {error}", {
+            error,
+          });
+        } else this.#log.debug("Redis is not back yet: {error}", { error });
         await this.#pause(100);
       }
     }
