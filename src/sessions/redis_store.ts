@@ -59,7 +59,12 @@
  * between. An orphan that cannot be withdrawn (another instance counted the
  * session in between, the withdrawal's own fate is unknown, or it is older
  * than `SESSION_TTL_S` so the key may have been recreated) stays counted: a
- * gap of one in that session, never a repeat, logged as a warning.
+ * gap of one in that session, never a repeat, logged as a warning (when the
+ * withdrawal's fate is unknown, it may or may not have). One more edge: a
+ * client that attaches to the same session on another instance between the
+ * orphan and its withdrawal is told a count so far that includes the orphan,
+ * so its first frame's number equals that count instead of exceeding it;
+ * the numbers handed out stay distinct.
  *
  * Failure policy: increments never wait on a queue while Redis is away
  * (`enableOfflineQueue: false`, no resend of unanswered commands) and fail
