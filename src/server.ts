@@ -149,7 +149,10 @@ export function createStore(
 ): SessionStore {
   if (settings.redisUrl === undefined) {
     metrics.dependencyUp.labels("memory").set(1);
-    return new MemorySessionStore(settings.sessionTtlS);
+    return new MemorySessionStore(settings.sessionTtlS, {
+      maxSessions: settings.maxSessions,
+      counters: metrics.sessions,
+    });
   }
   const up = metrics.dependencyUp.labels("redis");
   up.set(0);

@@ -48,6 +48,11 @@ export interface Settings {
    * it at start from the open-file limit (see `connectionLimit` in server.ts).
    */
   readonly maxConnections: number | undefined;
+  /**
+   * Most sessions the memory store keeps, held and released; the longest
+   * idle released one makes room for a new one. @default 250000
+   */
+  readonly maxSessions: number;
   /** Text frames per second per socket; 0 turns the limit off. @default 0 */
   readonly rateLimitPerS: number;
   /** Seconds without a pong before a socket is dropped; 0 turns it off. @default 60 */
@@ -259,6 +264,7 @@ export function parseSettings(env: Env): Settings {
     maxConnections: read("MAX_CONNECTIONS") === undefined
       ? undefined
       : number("MAX_CONNECTIONS", 0, { min: 0, integer: true }),
+    maxSessions: number("MAX_SESSIONS", 250_000, { min: 1, integer: true }),
     rateLimitPerS: number("RATE_LIMIT_PER_S", 0, { min: 0 }),
     idleTimeoutS: seconds("IDLE_TIMEOUT_S", 60, { min: 0, integer: true }),
     allowedOrigins: allowedOrigins && Object.freeze(allowedOrigins),

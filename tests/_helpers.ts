@@ -480,8 +480,14 @@ export interface TestRedis extends AsyncDisposable {
   readonly url: string;
   /** Kills the server with SIGKILL (its append-only file keeps acknowledged writes). */
   kill(): Promise<void>;
+  /** Stops the server with SIGTERM, as a restart by its supervisor does. */
+  shutdown(): Promise<void>;
   /** Starts it again on the same port and data folder. */
   restart(): Promise<void>;
+  /** Stops the process (SIGSTOP): it keeps its sockets but answers nothing. */
+  pause(): void;
+  /** Lets a paused process run again (SIGCONT). */
+  resume(): void;
 }
 
 /** @returns A loopback port that was free a moment ago. */
@@ -535,11 +541,17 @@ export async function startRedis(): Promise<TestRedis> {
     }).spawn();
     await waitForPort(port);
   };
-  const stop = async (signal: Deno.Signal) => {
-    if (!child) return;
+  let paused = false;
+  const signal = (name: Deno.Signal) => {
     try {
-      child.kill(signal);
+      child?.kill(name);
     } catch { /* already gone */ }
+  };
+  const stop = async (name: Deno.Signal) => {
+    if (!child) return;
+    signal(name);
+    // A stopped process handles SIGTERM only once it runs again.
+    if (paused) signal("SIGCONT"), paused = false;
     await child.status;
     child = undefined;
   };
@@ -548,7 +560,16 @@ export async function startRedis(): Promise<TestRedis> {
     port,
     url: `redis://127.0.0.1:${port}`,
     kill: () => stop("SIGKILL"),
+    shutdown: () => stop("SIGTERM"),
     restart: start,
+    pause() {
+      signal("SIGSTOP");
+      paused = true;
+    },
+    resume() {
+      signal("SIGCONT");
+      paused = false;
+    },
     async [Symbol.asyncDispose]() {
       await stop("SIGTERM");
       await Deno.remove(dir, { recursive: true });

@@ -286,3 +286,218 @@ Deno.test("Redis unreachable at start: the service starts, stays not ready, refu
   await using c = await TestClient.open(srv.ws());
   assert.equal(await c.ask("m"), '{"count": 1}');
 });
+
+/**
+ * A client that streams frames in a closed loop (send, wait for the answer)
+ * and checks every count against the last one it was acknowledged. After an
+ * `unavailable` answer it retries the next frame after a short backoff, as
+ * `"retry": true` invites.
+ */
+class Streamer {
+  readonly id: string;
+  readonly client: TestClient;
+  /** Last count acknowledged with `{"count": n}`. */
+  last = 0;
+  /** `{"count": n}` answers received. */
+  acked = 0;
+  /** `unavailable` answers received. */
+  unavailable = 0;
+  /** Numbers skipped: n above last + 1. */
+  skipped = 0;
+  /** Counts at or below one already acknowledged. */
+  repeated = 0;
+  #stop = false;
+  readonly done: Promise<void>;
+
+  constructor(id: string, client: TestClient) {
+    this.id = id;
+    this.client = client;
+    this.done = this.#run();
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stop) {
+      const frame = await this.client.ask("m");
+      if (frame === '{"error": "unavailable", "retry": true}') {
+        this.unavailable++;
+        await new Promise((r) => setTimeout(r, 25)); // the client's backoff
+        continue;
+      }
+      const n = countOf(frame);
+      if (n > this.last + 1) this.skipped += n - this.last - 1;
+      if (n <= this.last) this.repeated++;
+      this.last = Math.max(this.last, n);
+      this.acked++;
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stop = true;
+    await this.done;
+    await this.client.close();
+  }
+}
+
+async function startStreamers(
+  port: number,
+  prefix: string,
+  n: number,
+): Promise<Streamer[]> {
+  return await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      const id = `${prefix}-${i}`;
+      const client = await TestClient.open(
+        `ws://127.0.0.1:${port}/ws/chat/?session_uuid=${id}`,
+      );
+      return new Streamer(id, client);
+    }),
+  );
+}
+
+/** Every streamer's figures, for assertion messages. */
+function tally(streams: Streamer[]) {
+  const with_ = (f: (s: Streamer) => number) =>
+    streams.filter((s) => f(s) > 0).length;
+  return {
+    clients: streams.length,
+    clientsSkipping: with_((s) => s.skipped),
+    numbersSkipped: streams.reduce((t, s) => t + s.skipped, 0),
+    clientsRepeating: with_((s) => s.repeated),
+    clientsAnsweredUnavailable: with_((s) => s.unavailable),
+  };
+}
+
+/** Asserts each stream's stored count is what it was acknowledged. */
+async function assertStored(redisUrl: string, streams: Streamer[]) {
+  const inspect = new Redis(redisUrl);
+  try {
+    const stored = await inspect.mget(
+      streams.map((s) => `sockeye:session:${s.id}`),
+    );
+    const wrong = streams
+      .map((s, i) => ({ id: s.id, acked: s.acked, stored: Number(stored[i]) }))
+      .filter((r) => r.stored !== r.acked);
+    assert.deepEqual(
+      wrong,
+      [],
+      "stored count differs from frames acknowledged",
+    );
+  } finally {
+    await inspect.quit();
+  }
+}
+
+Deno.test("Redis paused (SIGSTOP) under load: unavailable, one outage line, readiness 503, then no gap and no repeat", async () => {
+  await using redis = await startRedis();
+  await using proc = await spawnServer({ REDIS_URL: redis.url });
+  const base = `http://127.0.0.1:${proc.port}`;
+  await until(
+    async () => (await readyz(`${base}/readyz`)).status === 200,
+    "ready",
+  );
+  const streams = await startStreamers(proc.port, "stall", 60);
+  try {
+    await until(() => streams.every((s) => s.acked >= 3), "every stream at 3");
+    const pausedAt = performance.now();
+    redis.pause();
+    try {
+      await until(
+        async () => (await readyz(`${base}/readyz`)).status === 503,
+        "readiness 503 during the stall",
+      );
+      await until(
+        async () =>
+          metricValue(
+            await (await fetch(`${base}/metrics`)).text(),
+            "app_dependency_up",
+            { dependency: "redis" },
+          ) === 0,
+        "app_dependency_up 0",
+      );
+      await until(
+        () => streams.every((s) => s.unavailable > 0),
+        "every stream answered unavailable",
+      );
+      // The stall lasts 3 s in all, well past the 1 s command timeout.
+      const left = 3000 - (performance.now() - pausedAt);
+      if (left > 0) await new Promise((r) => setTimeout(r, left));
+    } finally {
+      redis.resume();
+    }
+    const before = streams.map((s) => s.acked);
+    await until(
+      async () => (await readyz(`${base}/readyz`)).status === 200,
+      "ready again",
+    );
+    await until(
+      () => streams.every((s, i) => s.acked >= before[i]! + 3),
+      "every stream 3 frames further",
+    );
+  } finally {
+    await Promise.all(streams.map((s) => s.stop()));
+  }
+  const figures = tally(streams);
+  assert.equal(figures.clientsSkipping, 0, JSON.stringify(figures));
+  assert.equal(figures.clientsRepeating, 0, JSON.stringify(figures));
+  assert.equal(figures.clientsAnsweredUnavailable, streams.length);
+  for (const s of streams) assert.equal(s.last, s.acked, s.id);
+  await assertStored(redis.url, streams);
+
+  const outage = proc.lines.filter((l) => l.includes("Redis unavailable"));
+  assert.equal(outage.length, 1, outage.join("\n"));
+  assert.equal(JSON.parse(outage[0]!).level, "error");
+  const after = proc.lines.slice(proc.lines.indexOf(outage[0]!))
+    .map((l) => JSON.parse(l));
+  const back = after.filter((l) => l.message.startsWith("Redis available"));
+  assert.equal(back.length, 1, JSON.stringify(after));
+  // Frames sent into the stall reached Redis: refused there past their
+  // deadline, or counted before it and withdrawn. Either way not counted.
+  const withdrawn = after.filter((l) => l.message.startsWith("Withdrew"))
+    .reduce((sum, l) => sum + l.withdrawn, 0);
+  assert.ok(
+    back[0].frames_refused_late + withdrawn > 0,
+    JSON.stringify(after),
+  );
+});
+
+Deno.test("Redis restarted and killed (AOF always) under load: nothing acknowledged lost, no gap, no repeat", async () => {
+  await using redis = await startRedis();
+  await using proc = await spawnServer({ REDIS_URL: redis.url });
+  const base = `http://127.0.0.1:${proc.port}`;
+  const ready = () =>
+    until(
+      async () => (await readyz(`${base}/readyz`)).status === 200,
+      "ready",
+    );
+  await ready();
+  const streams = await startStreamers(proc.port, "restart", 60);
+  try {
+    for (let round = 0; round < 2; round++) {
+      const before = streams.map((s) => s.acked);
+      await until(
+        () => streams.every((s, i) => s.acked >= before[i]! + 3),
+        "every stream 3 frames further",
+      );
+      // A supervisor's restart (SIGTERM), then a crash (SIGKILL).
+      await (round === 0 ? redis.shutdown() : redis.kill());
+      await until(
+        async () => (await readyz(`${base}/readyz`)).status === 503,
+        "readiness 503 while Redis is down",
+      );
+      await redis.restart();
+      await ready();
+    }
+    const before = streams.map((s) => s.acked);
+    await until(
+      () => streams.every((s, i) => s.acked >= before[i]! + 3),
+      "every stream 3 frames further",
+    );
+  } finally {
+    await Promise.all(streams.map((s) => s.stop()));
+  }
+  const figures = tally(streams);
+  assert.equal(figures.clientsRepeating, 0, JSON.stringify(figures));
+  assert.equal(figures.clientsSkipping, 0, JSON.stringify(figures));
+  for (const s of streams) assert.equal(s.last, s.acked, s.id);
+  await assertStored(redis.url, streams);
+});

@@ -46,6 +46,52 @@ export const HTTP_DURATION_BUCKETS: readonly number[] = [
   5,
 ];
 
+/**
+ * The memory store's figures as plain numbers, updated by the store and
+ * read at scrape time (`websocket_sessions_stored`,
+ * `websocket_sessions_evicted_total`).
+ */
+export class SessionStats {
+  /** Sessions kept in this process's memory now; 0 with Redis. */
+  stored = 0;
+  /** Released sessions forgotten to make room under `MAX_SESSIONS`. */
+  evictedCapacity = 0;
+  /** Released sessions dropped `SESSION_TTL_S` after their last activity. */
+  evictedExpired = 0;
+}
+
+function registerSessionMetrics(
+  registry: Registry<PrometheusContentType>,
+  stats: SessionStats,
+): void {
+  const registers = [registry];
+  new Gauge({
+    name: "websocket_sessions_stored",
+    help:
+      "Sessions kept in this process's memory (memory store), held or released.",
+    registers,
+    collect() {
+      this.set(stats.stored);
+    },
+  });
+  const seen = { capacity: 0, expired: 0 };
+  const evicted = new Counter<"reason">({
+    name: "websocket_sessions_evicted_total",
+    help: "Released sessions forgotten by the memory store: capacity " +
+      "(room for a new one under MAX_SESSIONS) or expired (SESSION_TTL_S).",
+    labelNames: ["reason"],
+    registers,
+    collect() {
+      this.labels("capacity").inc(stats.evictedCapacity - seen.capacity);
+      this.labels("expired").inc(stats.evictedExpired - seen.expired);
+      seen.capacity = stats.evictedCapacity;
+      seen.expired = stats.evictedExpired;
+    },
+  });
+  evicted.labels("capacity").inc(0);
+  evicted.labels("expired").inc(0);
+}
+
 /** Values the metrics read from the running service at scrape time. */
 export interface MetricsSources {
   /** Sockets open now. */
@@ -68,6 +114,8 @@ export class Metrics implements Disposable {
   readonly registry: Registry<PrometheusContentType>;
   /** Hot-path figures, read at scrape time. */
   readonly frames: FrameStats = new FrameStats();
+  /** Session-store figures, read at scrape time. */
+  readonly sessions: SessionStats = new SessionStats();
   /** `websocket_connections_total`. */
   readonly connectionsTotal: Counter;
   /** `websocket_errors_total{error_type}`. */
@@ -240,6 +288,7 @@ export class Metrics implements Disposable {
         "MEMORY_LIMIT_BYTES), in bytes; 0 when the guard is off.",
       registers,
     });
+    registerSessionMetrics(registry, this.sessions);
     this.#lag = new LoopLagMonitor();
     registerProcessMetrics(registry, this.#lag);
   }

@@ -15,6 +15,7 @@ import { SUBPROTOCOL } from "./frames.ts";
 import { type HttpRefusal, REFUSALS } from "./refusals.ts";
 import {
   type SessionHandle,
+  SessionLimitError,
   type SessionStore,
   StoreUnavailableError,
 } from "./store.ts";
@@ -189,9 +190,15 @@ export class Admission {
     try {
       session = await store.attach(sessionId);
     } catch (error) {
-      return error instanceof StoreUnavailableError
-        ? new Refused(REFUSALS.storeUnavailable, undefined, error)
-        : new Refused(REFUSALS.internalUpgrade, undefined, error);
+      return new Refused(
+        error instanceof SessionLimitError
+          ? REFUSALS.maxSessions
+          : error instanceof StoreUnavailableError
+          ? REFUSALS.storeUnavailable
+          : REFUSALS.internalUpgrade,
+        undefined,
+        error,
+      );
     } finally {
       this.#attaching--;
     }

@@ -187,6 +187,12 @@ export const REFUSALS = Object.freeze({
     "Server is at MAX_CONNECTIONS",
     RETRY_SOON,
   ),
+  maxSessions: http(
+    503,
+    "max_sessions",
+    "Server is at MAX_SESSIONS",
+    RETRY_SOON,
+  ),
   storeUnavailable: http(
     503,
     "store_unavailable",

@@ -46,6 +46,7 @@ export interface SessionStore {
    * @param id A session id matching `^[A-Za-z0-9_-]{1,64}$`.
    * @returns The connection's handle.
    * @throws {StoreUnavailableError} When the store cannot answer.
+   * @throws {SessionLimitError} When the session is new and the store is full.
    */
   attach(id: string): SessionHandle | Promise<SessionHandle>;
   /**
@@ -70,5 +71,22 @@ export class StoreUnavailableError extends Error {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "StoreUnavailableError";
+  }
+}
+
+/**
+ * The store is full: every session it may keep is held by an open socket,
+ * so a new one cannot be created (`MAX_SESSIONS`). Answered with HTTP 503
+ * `max_sessions` before the upgrade.
+ */
+export class SessionLimitError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What is full, e.g. `all 1000 stored sessions are held`.
+   */
+  constructor(message: string) {
+    super(message);
+    this.name = "SessionLimitError";
   }
 }
