@@ -3,19 +3,48 @@
  *
  * Nothing else in sockeye reads the environment (12-factor, factor III).
  * {@link SETTINGS} is the one table of variables: parsing, defaults,
- * `sockeye serve --help`, `sockeye config` and the warnings for misspelt
- * names all read it, so a new setting is one entry there. Values are checked
- * with valibot schemas; every invalid variable is reported at once in a
+ * `sockeye serve --help`, `sockeye config`, `*_FILE` secrets and the
+ * warnings for misspelt names all read it, and {@link Settings} is derived
+ * from it, so a new setting is one entry there (and a row in README's
+ * settings table). Every invalid variable is reported at once in a
  * {@link SettingsError}, which `serve` and `config` turn into exit code 2.
+ * How a table is read lives in `settings_schema.ts`.
  *
  * @module
  */
 import * as v from "valibot";
+import {
+  choiceSchema,
+  type CrossCheck,
+  type EffectiveSetting,
+  type Env,
+  numberSchema,
+  type ParseOptions,
+  secondsSchema,
+  setting,
+  SettingsSchema,
+  type SettingValue,
+} from "./settings_schema.ts";
+import { type Misspelt, misspelt } from "./suggest.ts";
 
-/** A valibot schema, as {@link SettingSpec.schema} takes it. */
-export type { GenericSchema } from "valibot";
-import { readTextFile } from "./platform.ts";
-import { closest } from "./suggest.ts";
+export {
+  choiceSchema,
+  type CrossCheck,
+  type EffectiveSetting,
+  type Env,
+  type GenericSchema,
+  MAX_DURATION_S,
+  type NumberRule,
+  numberSchema,
+  type ParseOptions,
+  secondsSchema,
+  setting,
+  SettingsError,
+  type SettingSource,
+  type SettingSpec,
+  type SettingsProblem,
+  type SettingValue,
+} from "./settings_schema.ts";
 
 /** How log lines are written: JSON Lines for machines, `pretty` for humans. */
 export type LogFormat = "json" | "pretty";
@@ -31,135 +60,6 @@ export const LOG_LEVELS = [
 
 /** One of {@link LOG_LEVELS}. */
 export type LogLevelName = typeof LOG_LEVELS[number];
-
-/** The environment as a plain lookup, so tests can pass their own. */
-export type Env = Readonly<Record<string, string | undefined>>;
-
-/**
- * The longest duration a setting may hold, in seconds: timers take at most
- * 2^31 − 1 ms (a longer one fires at once).
- */
-export const MAX_DURATION_S = 2147483.647;
-
-/** One environment variable: how it is read, its default, what it means. */
-export interface SettingSpec<T = unknown> {
-  /** The variable's name, e.g. `PORT`. */
-  readonly env: string;
-  /**
-   * Turns the raw text (trimmed, never empty) into the value. Its messages
-   * finish the sentence "Cannot parse NAME "value": expected …".
-   */
-  readonly schema: v.GenericSchema<string, T>;
-  /**
-   * Raw text used when the variable is unset (it goes through `schema` too);
-   * a function computes it at parse time. Without one, an unset variable
-   * leaves the setting `undefined`.
-   */
-  readonly default?: string | ((env: Env) => string);
-  /** How help shows a computed default, e.g. `from the open-file limit`. */
-  readonly defaultText?: string;
-  /** One line for `sockeye serve --help`: meaning, unit, range. */
-  readonly doc: string;
-  /**
-   * A secret: `sockeye config` shows it redacted, error messages never echo
-   * it, and `NAME_FILE` may name a file holding it (Docker and Kubernetes
-   * secrets).
-   */
-  readonly secret?: boolean;
-  /** Shows a secret's raw value with its secret part hidden; `***` by default. */
-  readonly redact?: (raw: string) => string;
-  /** Takes a raw value as unset when this returns true. */
-  readonly ignore?: (raw: string, env: Env) => boolean;
-}
-
-/**
- * Checks a {@link SettingSpec} and keeps its literal type, so
- * {@link Settings} knows which settings have defaults.
- *
- * @param spec The variable's description.
- * @returns `spec` unchanged.
- */
-export function setting<const S extends SettingSpec>(spec: S): S {
-  return spec;
-}
-
-const NUMBER_RE = /^[0-9]+(\.[0-9]+)?$/;
-
-/** Bounds for {@link numberSchema}. */
-export interface NumberRule {
-  /** Smallest value allowed. */
-  readonly min: number;
-  /** Largest value allowed; none by default. */
-  readonly max?: number;
-  /** Whole numbers only. */
-  readonly integer?: boolean;
-  /** Above 0 (with `min: 0`). */
-  readonly positive?: boolean;
-}
-
-/**
- * A schema for a plain decimal number (no sign, exponent or `Infinity`).
- *
- * @param rule Bounds and integrality.
- * @returns Raw text → number; the message reads e.g. `an integer from 0 to 65535`.
- */
-export function numberSchema(
-  rule: NumberRule,
-): v.GenericSchema<string, number> {
-  const kind = rule.integer ? "an integer" : "a number";
-  const range = rule.max !== undefined
-    ? ` from ${rule.min} to ${rule.max}`
-    : rule.positive
-    ? " above 0"
-    : ` of at least ${rule.min}`;
-  const expected = kind + range;
-  return v.pipe(
-    v.string(),
-    v.regex(NUMBER_RE, expected),
-    v.transform(Number),
-    v.check(
-      (n) =>
-        Number.isFinite(n) && n >= rule.min && (!rule.positive || n > 0) &&
-        (rule.max === undefined || n <= rule.max) &&
-        (!rule.integer || Number.isInteger(n)),
-      expected,
-    ),
-  );
-}
-
-/**
- * A schema for a duration in seconds, at most {@link MAX_DURATION_S}.
- *
- * @param rule Bounds as for {@link numberSchema}; `min` defaults to 0.
- * @returns Raw text → seconds.
- */
-export function secondsSchema(
-  rule: Partial<NumberRule> = {},
-): v.GenericSchema<string, number> {
-  return v.pipe(
-    numberSchema({ min: 0, ...rule }),
-    v.maxValue(
-      MAX_DURATION_S,
-      `at most ${MAX_DURATION_S} (2^31 − 1 ms, the longest timer)`,
-    ),
-  );
-}
-
-/**
- * A schema for one of a few words, case-insensitive.
- *
- * @param allowed The words, lowercase.
- * @returns Raw text → the lowercase word.
- */
-export function choiceSchema<const T extends string>(
-  allowed: readonly T[],
-): v.GenericSchema<string, T> {
-  return v.pipe(
-    v.string(),
-    v.transform((s) => s.toLowerCase()),
-    v.picklist(allowed, `one of ${allowed.join(", ")}`),
-  );
-}
 
 const COLOR_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 const ORIGIN_RE = /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+$/i;
@@ -325,18 +225,6 @@ export const SETTINGS = {
   }),
 };
 
-/** A rule between settings, checked once each of them is valid on its own. */
-export interface CrossCheck {
-  /** The variable named when the rule fails. */
-  readonly env: string;
-  /** Every variable the rule reads (including `env`). */
-  readonly uses: readonly string[];
-  /** Whether the parsed values (by variable name) satisfy the rule. */
-  readonly test: (values: Readonly<Record<string, unknown>>) => boolean;
-  /** What `env` should be, e.g. `a number below SHUTDOWN_TIMEOUT_S (10)`. */
-  readonly expected: (values: Readonly<Record<string, unknown>>) => string;
-}
-
 /** Rules that tie settings together. */
 export const CROSS_CHECKS: readonly CrossCheck[] = [
   {
@@ -348,189 +236,12 @@ export const CROSS_CHECKS: readonly CrossCheck[] = [
   },
 ];
 
-/** The parsed value of a {@link SettingSpec}; `undefined` when it has no default. */
-export type SettingValue<S> = S extends SettingSpec<infer T>
-  ? S extends { readonly default: string | ((env: Env) => string) } ? T
-  : T | undefined
-  : never;
-
 /** The service's settings; every duration is in seconds, every size in bytes. */
 export type Settings = {
   readonly [K in keyof typeof SETTINGS]: SettingValue<typeof SETTINGS[K]>;
 };
 
-/** One invalid variable. */
-export interface SettingsProblem {
-  /** The variable at fault, e.g. `PORT`. */
-  readonly variable: string;
-  /** A sentence naming the variable, e.g. `Cannot parse PORT "x": expected …`. */
-  readonly message: string;
-}
-
-/**
- * One or more environment variables hold values sockeye cannot use.
- *
- * Each problem names its variable, the value (secrets redacted) and the
- * expected form, e.g.
- * `Cannot parse HEARTBEAT_INTERVAL_S "abc": expected a number above 0`; the
- * message is the problems, one per line.
- */
-export class SettingsError extends Error {
-  /** Every problem found, in the order of {@link SETTINGS}. */
-  readonly problems: readonly SettingsProblem[];
-  /** The first variable at fault, e.g. `PORT`. */
-  readonly variable: string;
-
-  /**
-   * Creates the error.
-   *
-   * @param problems At least one problem.
-   */
-  constructor(problems: readonly SettingsProblem[]) {
-    super(problems.map((p) => p.message).join("\n"));
-    this.name = "SettingsError";
-    this.problems = Object.freeze([...problems]);
-    this.variable = problems[0]?.variable ?? "";
-  }
-}
-
-/** Where an effective value came from. */
-export type SettingSource = "environment" | "file" | "default";
-
-/** One line of `sockeye config`. */
-export interface EffectiveSetting {
-  /** The variable, e.g. `PORT`. */
-  readonly env: string;
-  /** The parsed value, secrets redacted; `null` when unset. */
-  readonly value: unknown;
-  /** The value as an environment variable would hold it, secrets redacted. */
-  readonly text: string;
-  /** The variable itself, its `_FILE`, or the default. */
-  readonly source: SettingSource;
-}
-
-/** Options for {@link parseSettings}. */
-export interface ParseOptions {
-  /** Reads a `*_FILE` secret; reads the file system by default. */
-  readonly readFile?: (path: string) => string;
-}
-
-const SPECS: readonly [string, SettingSpec][] = Object.entries(SETTINGS);
-
-const OBJECT_SCHEMA = v.pipe(
-  v.object(Object.fromEntries(
-    SPECS.map(([, spec]) => [spec.env, v.optional(spec.schema)]),
-  )),
-  // A rule runs only when the variables it reads are valid on their own, so
-  // it adds to the other problems instead of repeating them.
-  ...CROSS_CHECKS.map((rule) =>
-    v.rawCheck<Record<string, unknown>>(({ dataset, addIssue }) => {
-      const values = dataset.value as Record<string, unknown>;
-      const invalid = (dataset.issues ?? []).some((issue) =>
-        rule.uses.includes(String(issue.path?.[0]?.key))
-      );
-      if (invalid || rule.test(values)) return;
-      addIssue({
-        message: rule.expected(values),
-        path: [{
-          type: "object",
-          origin: "value",
-          input: values,
-          key: rule.env,
-          value: values[rule.env],
-        }],
-      });
-    })
-  ),
-);
-
-interface Resolved {
-  readonly values: Readonly<Record<string, unknown>>;
-  readonly raw: Readonly<Record<string, string | undefined>>;
-  readonly sources: Readonly<Record<string, SettingSource>>;
-}
-
-function clean(value: string | undefined): string | undefined {
-  const trimmed = value?.trim();
-  return trimmed === "" ? undefined : trimmed;
-}
-
-function shown(spec: SettingSpec, raw: string): string {
-  return spec.secret ? (spec.redact ?? (() => "***"))(raw) : raw;
-}
-
-function resolve(env: Env, options: ParseOptions): Resolved {
-  const readFile = options.readFile ?? readTextFile;
-  const problems: SettingsProblem[] = [];
-  const raw: Record<string, string | undefined> = {};
-  const sources: Record<string, SettingSource> = {};
-  for (const [, spec] of SPECS) {
-    let value = clean(env[spec.env]);
-    let source: SettingSource = "environment";
-    const fileVar = `${spec.env}_FILE`;
-    const path = spec.secret ? clean(env[fileVar]) : undefined;
-    if (path !== undefined && value !== undefined) {
-      problems.push({
-        variable: spec.env,
-        message: `Cannot use both ${spec.env} and ${fileVar}: set one`,
-      });
-    } else if (path !== undefined) {
-      try {
-        value = readFile(path).replace(/(\r?\n)+$/, "");
-        source = "file";
-        if (value === "") {
-          value = undefined;
-          problems.push({
-            variable: fileVar,
-            message: `Cannot use ${fileVar} "${path}": the file is empty`,
-          });
-        }
-      } catch (error) {
-        const reason = (error as Error).message.replace(/ \(os error.*$/, "");
-        problems.push({
-          variable: fileVar,
-          message: `Cannot read ${fileVar} "${path}": ${reason}`,
-        });
-      }
-    }
-    if (value !== undefined && spec.ignore?.(value, env)) value = undefined;
-    if (value === undefined && spec.default !== undefined) {
-      value = typeof spec.default === "string"
-        ? spec.default
-        : spec.default(env);
-      source = "default";
-    } else if (value === undefined) source = "default";
-    raw[spec.env] = value;
-    sources[spec.env] = source;
-  }
-
-  const result = v.safeParse(OBJECT_SCHEMA, raw);
-  const seen = new Set(problems.map((p) => p.variable));
-  for (const issue of result.issues ?? []) {
-    const variable = String(issue.path?.[0]?.key ?? "");
-    if (seen.has(variable)) continue; // one problem per variable
-    seen.add(variable);
-    const spec = SPECS.find(([, s]) => s.env === variable)?.[1];
-    const value = raw[variable] ?? "";
-    const label = sources[variable] === "file"
-      ? `${variable} (from ${variable}_FILE)`
-      : variable;
-    problems.push({
-      variable,
-      message: `Cannot parse ${label} "${
-        spec ? shown(spec, value) : value
-      }": expected ${issue.message}`,
-    });
-  }
-  if (problems.length > 0) {
-    const order = (p: SettingsProblem) =>
-      SPECS.findIndex(([, s]) =>
-        p.variable === s.env || p.variable === `${s.env}_FILE`
-      );
-    throw new SettingsError(problems.sort((a, b) => order(a) - order(b)));
-  }
-  return { values: result.output as Record<string, unknown>, raw, sources };
-}
+const SCHEMA = new SettingsSchema(SETTINGS, CROSS_CHECKS);
 
 /**
  * Parses the environment into {@link Settings}.
@@ -551,10 +262,7 @@ function resolve(env: Env, options: ParseOptions): Resolved {
  * ```
  */
 export function parseSettings(env: Env, options: ParseOptions = {}): Settings {
-  const { values } = resolve(env, options);
-  const settings: Record<string, unknown> = {};
-  for (const [key, spec] of SPECS) settings[key] = values[spec.env];
-  return Object.freeze(settings) as Settings;
+  return SCHEMA.parse(env, options) as Settings;
 }
 
 /**
@@ -570,24 +278,7 @@ export function describeSettings(
   env: Env,
   options: ParseOptions = {},
 ): readonly EffectiveSetting[] {
-  const { values, raw, sources } = resolve(env, options);
-  return SPECS.map(([, spec]) => {
-    const value = values[spec.env];
-    const rawValue = raw[spec.env];
-    const text = rawValue === undefined
-      ? ""
-      : spec.secret
-      ? shown(spec, rawValue)
-      : Array.isArray(value)
-      ? value.join(",")
-      : String(value);
-    return {
-      env: spec.env,
-      value: value === undefined ? null : spec.secret ? text : value,
-      text,
-      source: sources[spec.env]!,
-    };
-  });
+  return SCHEMA.describe(env, options);
 }
 
 /**
@@ -596,53 +287,7 @@ export function describeSettings(
  * @returns The variable names.
  */
 export function knownVariables(): readonly string[] {
-  return SPECS.flatMap(([, s]) =>
-    s.secret ? [s.env, `${s.env}_FILE`] : [s.env]
-  );
-}
-
-// Common variables of shells, terminals and orchestrators: never taken for
-// a misspelt setting, however close (HOME is two edits from HOST).
-const SYSTEM_VARIABLES = new Set([
-  "CI",
-  "COLORTERM",
-  "COLUMNS",
-  "DISPLAY",
-  "EDITOR",
-  "FORCE_COLOR",
-  "HOME",
-  "HOSTNAME",
-  "HOSTTYPE",
-  "LANG",
-  "LANGUAGE",
-  "LINES",
-  "LOGNAME",
-  "MAIL",
-  "NO_COLOR",
-  "OLDPWD",
-  "PAGER",
-  "PATH",
-  "PWD",
-  "SHELL",
-  "SHLVL",
-  "TEMP",
-  "TERM",
-  "TMP",
-  "TMPDIR",
-  "TZ",
-  "USER",
-  "USERNAME",
-  "VISUAL",
-]);
-const SYSTEM_PREFIXES =
-  /^(LC_|XDG_|SSH_|DENO_|NODE_|NPM_|KUBERNETES_|DOCKER_|GIT_)/;
-
-/** A variable that looks like a misspelt setting. */
-export interface SuspectVariable {
-  /** The name found in the environment, e.g. `REDIS_URI`. */
-  readonly variable: string;
-  /** The known name it is closest to, e.g. `REDIS_URL`. */
-  readonly suggestion: string;
+  return SCHEMA.known();
 }
 
 /**
@@ -661,22 +306,8 @@ export interface SuspectVariable {
  * // [{ variable: "REDIS_URI", suggestion: "REDIS_URL" }]
  * ```
  */
-export function suspectVariables(env: Env): readonly SuspectVariable[] {
-  const known = knownVariables();
-  const knownSet = new Set(known);
-  const suspects: SuspectVariable[] = [];
-  for (const name of Object.keys(env).sort()) {
-    if (knownSet.has(name)) continue;
-    if (knownSet.has(name.toUpperCase())) {
-      suspects.push({ variable: name, suggestion: name.toUpperCase() });
-      continue;
-    }
-    if (!/^[A-Z][A-Z0-9_]*$/.test(name)) continue;
-    if (SYSTEM_VARIABLES.has(name) || SYSTEM_PREFIXES.test(name)) continue;
-    const suggestion = closest(name, known);
-    if (suggestion !== undefined) suspects.push({ variable: name, suggestion });
-  }
-  return suspects;
+export function suspectVariables(env: Env): readonly Misspelt[] {
+  return misspelt(Object.keys(env), SCHEMA.known());
 }
 
 function isRedisUrl(value: string): boolean {

@@ -1,6 +1,7 @@
 /**
  * "Did you mean …?": the nearest known name to a misspelt one, for unknown
- * command-line options and commands and for misspelt environment variables.
+ * command-line options and commands, and the environment variables that
+ * look like misspelt settings.
  *
  * @module
  */
@@ -72,4 +73,78 @@ export function closest(
     }
   }
   return best;
+}
+
+// Common variables of shells, terminals and orchestrators: never taken for
+// a misspelt setting, however close (HOME is two edits from HOST).
+const SYSTEM_VARIABLES = new Set([
+  "CI",
+  "COLORTERM",
+  "COLUMNS",
+  "DISPLAY",
+  "EDITOR",
+  "FORCE_COLOR",
+  "HOME",
+  "HOSTNAME",
+  "HOSTTYPE",
+  "LANG",
+  "LANGUAGE",
+  "LINES",
+  "LOGNAME",
+  "MAIL",
+  "NO_COLOR",
+  "OLDPWD",
+  "PAGER",
+  "PATH",
+  "PWD",
+  "SHELL",
+  "SHLVL",
+  "TEMP",
+  "TERM",
+  "TMP",
+  "TMPDIR",
+  "TZ",
+  "USER",
+  "USERNAME",
+  "VISUAL",
+]);
+const SYSTEM_PREFIXES =
+  /^(LC_|XDG_|SSH_|DENO_|NODE_|NPM_|KUBERNETES_|DOCKER_|GIT_)/;
+
+/** A name that looks like a misspelt known one. */
+export interface Misspelt {
+  /** The name found, e.g. `REDIS_URI`. */
+  readonly variable: string;
+  /** The known name it is closest to, e.g. `REDIS_URL`. */
+  readonly suggestion: string;
+}
+
+/**
+ * Finds environment variable names that are probably misspelt known ones:
+ * not known, written like ours (capitals, digits and underscores), and
+ * within {@link closest}'s reach of a known name, or a known name in other
+ * case. Common system variables are never suspects.
+ *
+ * @param names Variable names found.
+ * @param known The names that exist.
+ * @returns The suspects, sorted by name.
+ */
+export function misspelt(
+  names: Iterable<string>,
+  known: readonly string[],
+): Misspelt[] {
+  const knownSet = new Set(known);
+  const suspects: Misspelt[] = [];
+  for (const name of [...names].sort()) {
+    if (knownSet.has(name)) continue;
+    if (knownSet.has(name.toUpperCase())) {
+      suspects.push({ variable: name, suggestion: name.toUpperCase() });
+      continue;
+    }
+    if (!/^[A-Z][A-Z0-9_]*$/.test(name)) continue;
+    if (SYSTEM_VARIABLES.has(name) || SYSTEM_PREFIXES.test(name)) continue;
+    const suggestion = closest(name, known);
+    if (suggestion !== undefined) suspects.push({ variable: name, suggestion });
+  }
+  return suspects;
 }
