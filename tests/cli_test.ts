@@ -175,6 +175,18 @@ Deno.test("loadtest against a dead port exits 1 and reports n/a, not 0 ms", asyn
   assert.equal(report.connections.opened, 0);
 });
 
+function monitorOnce(url: string, interval: string): Promise<Run> {
+  return sockeye([
+    "monitor",
+    "--url",
+    url,
+    "--once",
+    "--json",
+    "--interval",
+    interval,
+  ]);
+}
+
 Deno.test("monitor --once --json reports messages/s, latency and errors by type, and none of its own probes", async () => {
   await using srv = await startTestServer({ COLOR: "green" });
   await using c = await TestClient.open(srv.ws());
@@ -190,15 +202,7 @@ Deno.test("monitor --once --json reports messages/s, latency and errors by type,
       await within(bad.closed, "the 1003 close");
     }
   })();
-  const busy = await sockeye([
-    "monitor",
-    "--url",
-    srv.http(""),
-    "--once",
-    "--json",
-    "--interval",
-    "1",
-  ]);
+  const busy = await monitorOnce(srv.http(""), "1");
   running = false;
   await traffic;
   await refusals;
@@ -222,15 +226,7 @@ Deno.test("monitor --once --json reports messages/s, latency and errors by type,
   );
 
   // Idle, the only HTTP traffic is the monitor's own: none of it shows.
-  const idle = await sockeye([
-    "monitor",
-    "--url",
-    srv.http(""),
-    "--once",
-    "--json",
-    "--interval",
-    "0.5",
-  ]);
+  const idle = await monitorOnce(srv.http(""), "0.5");
   assert.equal(idle.code, 0, idle.stderr);
   const [quiet] = JSON.parse(idle.stdout).instances;
   assert.equal(quiet.messages_per_second, 0);
@@ -243,15 +239,7 @@ Deno.test("monitor --once --json reports messages/s, latency and errors by type,
   const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const dead = `http://127.0.0.1:${(closed.addr as Deno.NetAddr).port}`;
   closed.close();
-  const down = await sockeye([
-    "monitor",
-    "--url",
-    dead,
-    "--once",
-    "--json",
-    "--interval",
-    "0.1",
-  ]);
+  const down = await monitorOnce(dead, "0.1");
   assert.equal(down.code, 1);
   const [gone] = JSON.parse(down.stdout).instances;
   assert.equal(gone.up, false);

@@ -9,6 +9,7 @@
  */
 import { parseArgs } from "node:util";
 import { print, printError } from "../platform.ts";
+import { SettingsError } from "../settings.ts";
 import { closest } from "../suggest.ts";
 
 /** One option of a subcommand. */
@@ -210,4 +211,24 @@ export function parseCommand<const S extends CommandSpec>(
     values: values as OptionValues<S["options"]>,
     positionals,
   };
+}
+
+/**
+ * Reads the settings, or prints every problem (one line each) for exit
+ * code 2.
+ *
+ * @param read Parses the environment, e.g. `() => parseSettings(env)`.
+ * @returns What `read` returned, or 2 after printing a {@link SettingsError}.
+ * @throws What `read` throws other than a {@link SettingsError}.
+ */
+export function settingsOr2<T>(read: () => T): T | 2 {
+  try {
+    return read();
+  } catch (error) {
+    if (!(error instanceof SettingsError)) throw error;
+    for (const problem of error.problems) {
+      printError(`sockeye: ${problem.message}`);
+    }
+    return 2;
+  }
 }

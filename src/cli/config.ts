@@ -9,10 +9,9 @@ import {
   describeSettings,
   type EffectiveSetting,
   type Env,
-  SettingsError,
   suspectVariables,
 } from "../settings.ts";
-import { type CommandSpec, parseCommand } from "./_args.ts";
+import { type CommandSpec, parseCommand, settingsOr2 } from "./_args.ts";
 
 /** The command line of `sockeye config`. */
 const CONFIG = {
@@ -64,16 +63,8 @@ export function formatSettings(settings: readonly EffectiveSetting[]): string {
 export function configCommand(args: readonly string[], env: Env): number {
   const parsed = parseCommand(CONFIG, args);
   if (typeof parsed === "number") return parsed;
-  let settings: readonly EffectiveSetting[];
-  try {
-    settings = describeSettings(env);
-  } catch (error) {
-    if (!(error instanceof SettingsError)) throw error;
-    for (const problem of error.problems) {
-      printError(`sockeye: ${problem.message}`);
-    }
-    return 2;
-  }
+  const settings = settingsOr2(() => describeSettings(env));
+  if (settings === 2) return 2;
   for (const { variable, suggestion } of suspectVariables(env)) {
     printError(
       `sockeye: unknown variable ${variable} has no effect (did you mean ${suggestion}?)`,

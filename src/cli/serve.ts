@@ -12,19 +12,17 @@ import {
   logger,
   setupLogging,
 } from "../observability/logging.ts";
-import { exit, onShutdownSignal, printError } from "../platform.ts";
+import { exit, onShutdownSignal } from "../platform.ts";
 import {
   type Env,
   parseSettings,
   SETTINGS,
-  type Settings,
-  SettingsError,
   type SettingSpec,
   suspectVariables,
 } from "../settings.ts";
 import { startServer } from "../server.ts";
 import { closest } from "../suggest.ts";
-import { type CommandSpec, parseCommand } from "./_args.ts";
+import { type CommandSpec, parseCommand, settingsOr2 } from "./_args.ts";
 
 /**
  * Lists every setting for help: name, default, meaning, wrapped to `width`.
@@ -116,16 +114,8 @@ export async function serveCommand(
 ): Promise<number> {
   const parsed = parseCommand(SERVE, args);
   if (typeof parsed === "number") return parsed;
-  let settings: Settings;
-  try {
-    settings = parseSettings(env);
-  } catch (error) {
-    if (!(error instanceof SettingsError)) throw error;
-    for (const problem of error.problems) {
-      printError(`sockeye: ${problem.message}`);
-    }
-    return 2;
-  }
+  const settings = settingsOr2(() => parseSettings(env));
+  if (settings === 2) return 2;
   await setupLogging({
     level: settings.logLevel,
     format: settings.logFormat,
