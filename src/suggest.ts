@@ -12,24 +12,40 @@
  * alignment form of the Damerau–Levenshtein distance), so `PROT` is one
  * edit from `PORT`.
  *
+ * With `max`, only cells within `max` of the diagonal are computed and the
+ * count stops as soon as it must exceed `max` (Ukkonen's cut-off): checking
+ * every environment variable at start stays a few thousand steps, too few
+ * to wake the optimising compiler (whose memory would stay in the RSS).
+ *
  * @param a One string.
  * @param b The other.
- * @returns The number of edits, 0 when equal.
+ * @param max Stop counting above this; unbounded by default.
+ * @returns The number of edits, 0 when equal; `max + 1` when over `max`.
  *
  * @example
  * ```ts
  * editDistance("REDIS_URI", "REDIS_URL"); // 1
  * editDistance("--prot", "--port"); // 1
+ * editDistance("PATH", "HEARTBEAT_INTERVAL_S", 2); // 3
  * ```
  */
-export function editDistance(a: string, b: string): number {
-  // Three rolling rows: the transposition looks two rows back.
-  let before = new Array<number>(b.length + 1).fill(0);
-  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
-  let current = new Array<number>(b.length + 1).fill(0);
+export function editDistance(a: string, b: string, max = Infinity): number {
+  if (Math.abs(a.length - b.length) > max) return max + 1;
+  const width = b.length + 1;
+  // Three rolling rows: the transposition looks two rows back. Cells outside
+  // the band stay above `max`.
+  const over = Math.min(max + 1, a.length + b.length + 1);
+  let before = new Array<number>(width).fill(over);
+  let previous = new Array<number>(width).fill(over);
+  let current = new Array<number>(width).fill(over);
+  for (let j = 0; j < width && j <= max; j++) previous[j] = j;
   for (let i = 1; i <= a.length; i++) {
-    current[0] = i;
-    for (let j = 1; j <= b.length; j++) {
+    const from = Math.max(1, i - max);
+    const to = Math.min(b.length, i + max);
+    current.fill(over);
+    if (i <= max) current[0] = i;
+    let rowMin = current[0]!;
+    for (let j = from; j <= to; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1;
       let d = Math.min(
         previous[j]! + 1,
@@ -40,10 +56,15 @@ export function editDistance(a: string, b: string): number {
         d = Math.min(d, before[j - 2]! + 1);
       }
       current[j] = d;
+      if (d < rowMin) rowMin = d;
     }
-    [before, previous, current] = [previous, current, before];
+    if (rowMin > max) return max + 1;
+    const spare = before;
+    before = previous;
+    previous = current;
+    current = spare;
   }
-  return previous[b.length]!;
+  return Math.min(previous[b.length]!, over);
 }
 
 /**
@@ -66,7 +87,7 @@ export function closest(
   for (const candidate of candidates) {
     const limit = maxDistance ??
       (Math.min(name.length, candidate.length) <= 4 ? 1 : 2);
-    const d = editDistance(name, candidate);
+    const d = editDistance(name, candidate, limit);
     if (d <= limit && d < bestDistance) {
       best = candidate;
       bestDistance = d;

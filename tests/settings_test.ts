@@ -12,6 +12,7 @@ import {
   type SettingSpec,
   suspectVariables,
 } from "../src/settings.ts";
+import { closest, editDistance } from "../src/suggest.ts";
 
 Deno.test("defaults follow the contract", () => {
   const s = parseSettings({});
@@ -302,4 +303,38 @@ Deno.test("README's settings table lists every setting with its default", async 
       assert.match(row, new RegExp(`${spec.env}_FILE`), spec.env);
     }
   }
+});
+
+Deno.test("editDistance counts transpositions as one edit and stops past its bound", () => {
+  assert.equal(editDistance("PORT", "PROT"), 1);
+  assert.equal(editDistance("REDIS_URI", "REDIS_URL"), 1);
+  assert.equal(editDistance("HEARTBEAT_INTERVAL", "HEARTBEAT_INTERVAL_S"), 2);
+  assert.equal(editDistance("", "abc"), 3);
+  // Bounded: the same answer up to the bound, bound + 1 past it.
+  const words = [
+    "",
+    "A",
+    "AB",
+    "BA",
+    "ABC",
+    "ACB",
+    "CAB",
+    "ABCD",
+    "DCBA",
+    "AXBY",
+  ];
+  for (const a of words) {
+    for (const b of words) {
+      const full = editDistance(a, b);
+      for (const max of [0, 1, 2]) {
+        assert.equal(
+          editDistance(a, b, max),
+          Math.min(full, max + 1),
+          `${a} ${b} ${max}`,
+        );
+      }
+    }
+  }
+  assert.equal(closest("--prot", ["--port", "--json"]), "--port");
+  assert.equal(closest("HOME", ["HOST"]), undefined, "short names: one edit");
 });
