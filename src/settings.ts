@@ -18,6 +18,7 @@ import {
   type CrossCheck,
   type EffectiveSetting,
   type Env,
+  flagSchema,
   numberSchema,
   type ParseOptions,
   secondsSchema,
@@ -32,11 +33,12 @@ export {
   type CrossCheck,
   type EffectiveSetting,
   type Env,
-  type GenericSchema,
+  flagSchema,
   MAX_DURATION_S,
   type NumberRule,
   numberSchema,
   type ParseOptions,
+  type Schema,
   secondsSchema,
   setting,
   SettingsError,
@@ -209,10 +211,7 @@ export const SETTINGS = {
   otelEnabled: setting({
     env: "OTEL_DENO",
     default: "false",
-    schema: v.pipe(
-      choiceSchema(["true", "false", "1", "0"]),
-      v.transform((s) => s === "true" || s === "1"),
-    ),
+    schema: flagSchema(),
     doc: "true turns on Deno's OpenTelemetry exporter (OTEL_EXPORTER_OTLP_*, " +
       "OTEL_SERVICE_NAME)",
   }),

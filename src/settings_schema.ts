@@ -11,8 +11,23 @@
 import * as v from "valibot";
 import { readTextFile } from "./platform.ts";
 
-/** A valibot schema, as {@link SettingSpec.schema} takes it. */
-export type { GenericSchema } from "valibot";
+/**
+ * A schema reading raw text into a `T`, in the Standard Schema form
+ * (standardschema.dev) that valibot's schemas have; the builders below
+ * return valibot schemas.
+ */
+export interface Schema<T> {
+  /** The Standard Schema interface: vendor, version, validation, types. */
+  readonly "~standard": {
+    readonly version: 1;
+    readonly vendor: string;
+    readonly validate: (value: unknown) => unknown;
+    readonly types?: { readonly input: string; readonly output: T } | undefined;
+  };
+}
+
+/** A valibot schema as the builders make it. */
+type Valibot<T> = v.GenericSchema<string, T>;
 
 /** The environment as a plain lookup, so tests can pass their own. */
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -31,7 +46,7 @@ export interface SettingSpec<T = unknown> {
    * Turns the raw text (trimmed, never empty) into the value. Its messages
    * finish the sentence "Cannot parse NAME "value": expected …".
    */
-  readonly schema: v.GenericSchema<string, T>;
+  readonly schema: Schema<T>;
   /**
    * Raw text used when the variable is unset (it goes through `schema` too);
    * a function computes it at parse time. Without one, an unset variable
@@ -93,7 +108,7 @@ export interface NumberRule {
  */
 export function numberSchema(
   rule: NumberRule,
-): v.GenericSchema<string, number> {
+): Schema<number> {
   const kind = rule.integer ? "an integer" : "a number";
   const range = rule.max !== undefined
     ? ` from ${rule.min} to ${rule.max}`
@@ -123,9 +138,9 @@ export function numberSchema(
  */
 export function secondsSchema(
   rule: Partial<NumberRule> = {},
-): v.GenericSchema<string, number> {
+): Schema<number> {
   return v.pipe(
-    numberSchema({ min: 0, ...rule }),
+    numberSchema({ min: 0, ...rule }) as Valibot<number>,
     v.maxValue(
       MAX_DURATION_S,
       `at most ${MAX_DURATION_S} (2^31 − 1 ms, the longest timer)`,
@@ -141,11 +156,23 @@ export function secondsSchema(
  */
 export function choiceSchema<const T extends string>(
   allowed: readonly T[],
-): v.GenericSchema<string, T> {
+): Schema<T> {
   return v.pipe(
     v.string(),
     v.transform((s) => s.toLowerCase()),
     v.picklist(allowed, `one of ${allowed.join(", ")}`),
+  );
+}
+
+/**
+ * A schema for an on/off flag: `true`, `false`, `1` or `0`, case-insensitive.
+ *
+ * @returns Raw text → boolean.
+ */
+export function flagSchema(): Schema<boolean> {
+  return v.pipe(
+    choiceSchema(["true", "false", "1", "0"]) as Valibot<string>,
+    v.transform((s) => s === "true" || s === "1"),
   );
 }
 
@@ -261,7 +288,9 @@ export class SettingsSchema<K extends string> {
     this.#specs = Object.entries(table) as [K, SettingSpec][];
     this.#schema = v.pipe(
       v.object(Object.fromEntries(
-        this.#specs.map(([, spec]) => [spec.env, v.optional(spec.schema)]),
+        this.#specs.map((
+          [, spec],
+        ) => [spec.env, v.optional(spec.schema as Valibot<unknown>)]),
       )),
       // A rule runs only when the variables it reads are valid on their own,
       // so it adds to the other problems instead of repeating them.
