@@ -2,54 +2,131 @@
  * sockeye: a WebSocket session service with production observability.
  *
  * `sockeye [serve]`, `sockeye healthcheck`, `sockeye loadtest`,
- * `sockeye monitor`, `sockeye version`. See README.md.
+ * `sockeye monitor`, `sockeye config`, `sockeye version`, `sockeye help`;
+ * `--help` on each. See README.md.
  *
  * @module
  */
+import { configCommand } from "./src/cli/config.ts";
 import { healthcheckCommand } from "./src/cli/healthcheck.ts";
 import { loadtestCommand } from "./src/cli/loadtest.ts";
 import { monitorCommand } from "./src/cli/monitor.ts";
-import { serveCommand } from "./src/cli/serve.ts";
+import { serveCommand, settingHint } from "./src/cli/serve.ts";
+import { parseCommand, usageError } from "./src/cli/_args.ts";
 import { args, env, exit, print, printError } from "./src/platform.ts";
+import { closest } from "./src/suggest.ts";
 import { VERSION } from "./src/version.ts";
 
-const USAGE = `sockeye ${VERSION}
+type Run = (args: readonly string[]) => number | Promise<number>;
 
-Usage: sockeye [command] [options]
+/** Each subcommand: its line in the usage, and how it runs. */
+const COMMANDS: Readonly<Record<string, { summary: string; run: Run }>> = {
+  serve: {
+    summary: "run the service (default); settings come from the environment",
+    run: (rest) => serveCommand(rest, env()),
+  },
+  healthcheck: {
+    summary: "exit 0 when /healthz answers 200, else 1 (for containers)",
+    run: (rest) => healthcheckCommand(rest, env()),
+  },
+  loadtest: {
+    summary: "open sockets against a server, check every count, measure",
+    run: (rest) => loadtestCommand(rest),
+  },
+  monitor: {
+    summary: "health, readiness, store, messages/s, latency, errors, logs",
+    run: (rest) => monitorCommand(rest, env()),
+  },
+  config: {
+    summary: "print the effective settings, secrets redacted",
+    run: (rest) => configCommand(rest, env()),
+  },
+  version: {
+    summary: "print the version",
+    run: (rest) => {
+      const parsed = parseCommand({
+        name: "version",
+        summary: "Prints the version (as -V and --version do).",
+        options: {},
+      }, rest);
+      if (typeof parsed === "number") return parsed;
+      print(VERSION);
+      return 0;
+    },
+  },
+  help: {
+    summary: "print this text, or a command's help",
+    run: (rest) => {
+      const parsed = parseCommand({
+        name: "help",
+        summary:
+          'Prints the list of commands, or with COMMAND its help (as "sockeye COMMAND --help").',
+        options: {},
+        positionals: ["[COMMAND]"],
+      }, rest);
+      if (typeof parsed === "number") return parsed;
+      const [command] = parsed.positionals;
+      if (command === undefined) {
+        print(usage());
+        return 0;
+      }
+      return COMMANDS[command]?.run(["--help"]) ?? unknownCommand(command);
+    },
+  },
+};
 
-Commands:
-  serve                 run the service (default); settings come from the environment
-  healthcheck [URL]     exit 0 when /healthz answers 200, else 1
-  loadtest [options]    open sockets against a server and measure it (--help)
-  monitor [options]     health, readiness, connections, fastest metrics, error lines (--help)
-  version               print the version
-  help                  print this text
-`;
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length)) + 2;
+  return [
+    `sockeye ${VERSION}`,
+    "",
+    "Usage: sockeye [command] [options]",
+    "",
+    "Commands:",
+    ...Object.entries(COMMANDS).map(([name, c]) =>
+      `  ${name.padEnd(width)}${c.summary}`
+    ),
+    "",
+    "Options:",
+    "  -h, --help     print this text",
+    "  -V, --version  print the version",
+    "",
+    'Run "sockeye COMMAND --help" for a command\'s options. Exit codes: 0 ' +
+    "ok, 1 failure, 2 bad command line\nor settings.",
+    "",
+  ].join("\n");
+}
+
+function unknownCommand(command: string): 2 {
+  const guess = closest(command, Object.keys(COMMANDS));
+  printError(
+    `sockeye: unknown command "${command}"${
+      guess ? ` (did you mean "${guess}"?)` : ""
+    }; see "sockeye help"`,
+  );
+  return 2;
+}
 
 async function main(argv: readonly string[]): Promise<number> {
   const [command = "serve", ...rest] = argv;
-  switch (command) {
-    case "serve":
-      return await serveCommand();
-    case "healthcheck":
-      return await healthcheckCommand(rest, env());
-    case "loadtest":
-      return await loadtestCommand(rest);
-    case "monitor":
-      return await monitorCommand(rest, env());
-    case "version":
-    case "--version":
-      print(VERSION);
-      return 0;
-    case "help":
-    case "--help":
-    case "-h":
-      print(USAGE);
-      return 0;
-    default:
-      printError(`sockeye: unknown command "${command}"\n\n${USAGE}`);
-      return 2;
+  if (command === "-V" || command === "--version") {
+    return rest.length > 0
+      ? usageError("version", `unexpected argument "${rest[0]}" for version`)
+      : (print(VERSION), 0);
   }
+  if (command === "-h" || command === "--help") return COMMANDS.help!.run([]);
+  if (command.startsWith("-")) {
+    const guess = closest(command, ["--help", "--version"]);
+    const hint = guess ? `did you mean "${guess}"?` : settingHint(command);
+    printError(
+      `sockeye: unknown option "${command}"${
+        hint ? ` (${hint})` : ""
+      }; see "sockeye help"`,
+    );
+    return 2;
+  }
+  const entry = COMMANDS[command];
+  return entry ? await entry.run(rest) : unknownCommand(command);
 }
 
 if (import.meta.main) exit(await main(args()));

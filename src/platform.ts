@@ -536,3 +536,16 @@ export async function readFrom(
   }
   return { bytes: bytes.subarray(0, read), size: start + read };
 }
+
+/**
+ * Reads a whole text file at once (settings' `*_FILE` secrets, read once at
+ * start).
+ *
+ * @param path File path.
+ * @returns The file's text (UTF-8).
+ * @throws {Deno.errors.NotFound} When the file does not exist; other
+ *   `Deno.errors` when it cannot be read.
+ */
+export function readTextFile(path: string): string {
+  return Deno.readTextFileSync(path);
+}

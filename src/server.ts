@@ -135,22 +135,51 @@ export function memoryLimit(
   return cgroup === undefined ? undefined : { bytes: cgroup, source: "cgroup" };
 }
 
+/** Bytes of resident memory one idle session record costs (measured). */
+export const SESSION_RECORD_BYTES = 300;
+
+/**
+ * Works out `MAX_SESSIONS`: the setting when given, else a tenth of the
+ * memory limit at {@link SESSION_RECORD_BYTES} each, between 10,000 and
+ * 1,000,000; 250,000 (about 75 MB) when no limit is known.
+ *
+ * @param setting `MAX_SESSIONS`, `undefined` when unset.
+ * @param memoryBytes The memory limit in bytes, `undefined` when none.
+ * @returns Most sessions the memory store keeps.
+ *
+ * @example
+ * ```ts
+ * sessionLimit(undefined, 512 * 2 ** 20); // 178956
+ * ```
+ */
+export function sessionLimit(
+  setting: number | undefined,
+  memoryBytes: number | undefined,
+): number {
+  if (setting !== undefined) return setting;
+  if (memoryBytes === undefined) return 250_000;
+  const derived = Math.floor(memoryBytes / 10 / SESSION_RECORD_BYTES);
+  return Math.min(1_000_000, Math.max(10_000, derived));
+}
+
 /**
  * Creates the session store the settings ask for.
  *
  * @param settings Parsed settings.
  * @param metrics Where the store's availability goes (`app_dependency_up`).
+ * @param maxSessions The memory store's bound (see {@link sessionLimit}).
  * @returns A memory store, or a Redis store when `REDIS_URL` is set; the
  *   Redis store connects in the background.
  */
 export function createStore(
   settings: Settings,
   metrics: Metrics,
+  maxSessions: number = sessionLimit(settings.maxSessions, undefined),
 ): SessionStore {
   if (settings.redisUrl === undefined) {
     metrics.dependencyUp.labels("memory").set(1);
     return new MemorySessionStore(settings.sessionTtlS, {
-      maxSessions: settings.maxSessions,
+      maxSessions,
       counters: metrics.sessions,
     });
   }
@@ -187,7 +216,6 @@ export async function startServer(settings: Settings): Promise<Server> {
       lifecycle.state === "draining" ? lifecycle.drainSeconds : undefined,
   });
   metrics.start();
-  const store = createStore(settings, metrics);
   const hub: Hub = new Hub(
     {
       heartbeatIntervalS: settings.heartbeatIntervalS,
@@ -202,6 +230,11 @@ export async function startServer(settings: Settings): Promise<Server> {
   const memory = memoryLimit(settings.memoryLimitBytes, cgroupMemoryLimit());
   const guard = memory && startMemoryGuard(memory, settings, lifecycle, hub);
   metrics.memoryLimit.set(memory?.bytes ?? 0);
+  const store = createStore(
+    settings,
+    metrics,
+    sessionLimit(settings.maxSessions, memory?.bytes),
+  );
   const limits: ProcessLimits = {
     maxConnections: connections.maxConnections,
     maxFds: fdLimit,

@@ -1,12 +1,53 @@
 /**
  * Settings: the environment, parsed once into a frozen, typed object.
  *
- * Nothing else in sockeye reads the environment (12-factor, factor III). An
- * invalid value throws {@link SettingsError}, which the `serve` subcommand
- * turns into exit code 2.
+ * Nothing else in sockeye reads the environment (12-factor, factor III).
+ * {@link SETTINGS} is the one table of variables: parsing, defaults,
+ * `sockeye serve --help`, `sockeye config`, `*_FILE` secrets and the
+ * warnings for misspelt names all read it, and {@link Settings} is derived
+ * from it, so a new setting is one entry there (and a row in README's
+ * settings table). Every invalid variable is reported at once in a
+ * {@link SettingsError}, which `serve` and `config` turn into exit code 2.
+ * How a table is read lives in `settings_schema.ts`.
  *
  * @module
  */
+import * as v from "valibot";
+import {
+  choiceSchema,
+  type CrossCheck,
+  type EffectiveSetting,
+  type Env,
+  flagSchema,
+  MAX_DURATION_S,
+  numberSchema,
+  type ParseOptions,
+  secondsSchema,
+  setting,
+  SettingsSchema,
+  type SettingValue,
+} from "./settings_schema.ts";
+import { type Misspelt, misspelt } from "./suggest.ts";
+
+export {
+  choiceSchema,
+  type CrossCheck,
+  type EffectiveSetting,
+  type Env,
+  flagSchema,
+  MAX_DURATION_S,
+  type NumberRule,
+  numberSchema,
+  type ParseOptions,
+  type Schema,
+  secondsSchema,
+  setting,
+  SettingsError,
+  type SettingSource,
+  type SettingSpec,
+  type SettingsProblem,
+  type SettingValue,
+} from "./settings_schema.ts";
 
 /** How log lines are written: JSON Lines for machines, `pretty` for humans. */
 export type LogFormat = "json" | "pretty";
@@ -23,98 +64,7 @@ export const LOG_LEVELS = [
 /** One of {@link LOG_LEVELS}. */
 export type LogLevelName = typeof LOG_LEVELS[number];
 
-/** The service's settings; every duration is in seconds, every size in bytes. */
-export interface Settings {
-  /** TCP port to listen on; 0 picks a free one. @default 8000 */
-  readonly port: number;
-  /** Address to bind. @default "0.0.0.0" */
-  readonly host: string;
-  /** Deployment color (blue/green), a label on every metric and log line. @default "blue" */
-  readonly color: string;
-  /** `redis://` or `rediss://` URL of the session store; unset keeps sessions in memory. */
-  readonly redisUrl: string | undefined;
-  /** Seconds between `{"ts": ...}` heartbeats. @default 30 */
-  readonly heartbeatIntervalS: number;
-  /** Budget in seconds for the whole drain, signal to exit. @default 10 */
-  readonly shutdownTimeoutS: number;
-  /** Seconds readiness reports 503 before sockets are closed. @default 0 */
-  readonly drainDelayS: number;
-  /** Seconds a session survives after its last activity. @default 3600 */
-  readonly sessionTtlS: number;
-  /** Largest accepted text frame in UTF-8 bytes. @default 65536 */
-  readonly maxMessageBytes: number;
-  /**
-   * Most sockets open at once; 0 means unlimited; `undefined` (unset) derives
-   * it at start from the open-file limit (see `connectionLimit` in server.ts).
-   */
-  readonly maxConnections: number | undefined;
-  /**
-   * Most sessions the memory store keeps, held and released; the longest
-   * idle released one makes room for a new one. @default 250000
-   */
-  readonly maxSessions: number;
-  /** Text frames per second per socket; 0 turns the limit off. @default 0 */
-  readonly rateLimitPerS: number;
-  /** Seconds without a pong before a socket is dropped; 0 turns it off. @default 60 */
-  readonly idleTimeoutS: number;
-  /** Allowed `Origin` values; `undefined` allows any. */
-  readonly allowedOrigins: readonly string[] | undefined;
-  /** Bearer token required by `/metrics`; `undefined` leaves it open. */
-  readonly metricsToken: string | undefined;
-  /** Lowest level written. @default "info" */
-  readonly logLevel: LogLevelName;
-  /** Line format. @default "json" */
-  readonly logFormat: LogFormat;
-  /** Deno's OpenTelemetry is on (`OTEL_DENO=true`): spans are created. @default false */
-  readonly otelEnabled: boolean;
-  /** Fraction (0–1) of a traced connection's frames that get a span. @default 0.01 */
-  readonly traceFrameRatio: number;
-  /**
-   * Memory limit in bytes for the memory guard; 0 turns the guard off;
-   * `undefined` (unset) takes the control group's limit, if any.
-   */
-  readonly memoryLimitBytes: number | undefined;
-  /**
-   * Share (0.1–1) of the memory limit above which readiness fails and new
-   * WebSockets are refused. @default 0.85
-   */
-  readonly memoryGuardRatio: number;
-}
-
-/**
- * An environment variable holds a value sockeye cannot use.
- *
- * The message names the variable, the value and the expected form, e.g.
- * `Cannot parse HEARTBEAT_INTERVAL_S "abc": expected a positive number`.
- */
-export class SettingsError extends Error {
-  /** The variable at fault, e.g. `PORT`. */
-  readonly variable: string;
-
-  /**
-   * Creates the error with its sentence-case message.
-   *
-   * @param variable The environment variable's name.
-   * @param value The raw value found.
-   * @param expected What a valid value looks like.
-   */
-  constructor(variable: string, value: string, expected: string) {
-    super(`Cannot parse ${variable} "${value}": expected ${expected}`);
-    this.name = "SettingsError";
-    this.variable = variable;
-  }
-}
-
-/** The environment as a plain lookup, so tests can pass their own. */
-export type Env = Readonly<Record<string, string | undefined>>;
-
 const COLOR_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/;
-
-/**
- * The longest duration setting, in seconds: timers take at most 2^31 − 1 ms,
- * and a longer delay fires after 1 ms instead.
- */
-export const MAX_DURATION_S = 2147483.647;
 
 /**
  * The shortest duration that must be above 0, in seconds: heartbeats and the
@@ -127,16 +77,234 @@ export const MIN_DURATION_S = 0.01;
  * Seconds the exit watchdog runs past `SHUTDOWN_TIMEOUT_S`; the sum is a
  * timer too, so it bounds that setting.
  */
-const WATCHDOG_MARGIN_S = 5;
+export const WATCHDOG_MARGIN_S = 5;
+const ORIGIN_RE = /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+$/i;
+
+/**
+ * Every environment variable sockeye reads, keyed by its {@link Settings}
+ * field. Add a setting here (and to README's settings table) and it is
+ * parsed, defaulted, listed by `serve --help` and `sockeye config`, and known
+ * to the typo warnings.
+ */
+export const SETTINGS = {
+  /** TCP port to listen on; 0 picks a free one. */
+  port: setting({
+    env: "PORT",
+    default: "8000",
+    schema: numberSchema({ min: 0, max: 65535, integer: true }),
+    doc: "TCP port (0–65535; 0 picks a free one)",
+  }),
+  /** Address to bind. */
+  host: setting({
+    env: "HOST",
+    default: "0.0.0.0",
+    schema: v.string(),
+    doc: "bind address",
+  }),
+  /** Deployment color (blue/green), a label on every metric and log line. */
+  color: setting({
+    env: "COLOR",
+    default: "blue",
+    schema: v.pipe(
+      v.string(),
+      v.regex(COLOR_RE, "1 to 32 lowercase letters, digits, '_' or '-'"),
+    ),
+    // npm and npx export COLOR=0/1 (their own terminal-colour flag) to what
+    // they run; under npm that value is not a deployment color.
+    ignore: (raw, env) =>
+      env.npm_config_user_agent !== undefined && (raw === "0" || raw === "1"),
+    doc: "deployment color, a label on every metric and log line " +
+      "(1–32 of a-z 0-9 _ -; npm's own COLOR=0/1 is ignored)",
+  }),
+  /** `redis://` or `rediss://` URL of the session store; unset keeps sessions in memory. */
+  redisUrl: setting({
+    env: "REDIS_URL",
+    schema: v.pipe(
+      v.string(),
+      v.check(isRedisUrl, "a redis:// or rediss:// URL"),
+    ),
+    secret: true,
+    redact: redactUrl,
+    doc: "redis:// or rediss:// URL of the session store; unset keeps " +
+      "sessions in memory",
+  }),
+  /** Seconds between `{"ts": ...}` heartbeats. */
+  heartbeatIntervalS: setting({
+    env: "HEARTBEAT_INTERVAL_S",
+    default: "30",
+    schema: secondsSchema({ min: MIN_DURATION_S }),
+    doc: "seconds between heartbeats (0.01 to 2147483.647, fractions allowed)",
+  }),
+  /** Budget in seconds for the whole drain, signal to exit. */
+  shutdownTimeoutS: setting({
+    env: "SHUTDOWN_TIMEOUT_S",
+    default: "10",
+    schema: secondsSchema({
+      min: MIN_DURATION_S,
+      max: Math.round((MAX_DURATION_S - WATCHDOG_MARGIN_S) * 1000) / 1000,
+    }),
+    doc: "budget for the whole drain, signal to exit, in seconds " +
+      "(0.01 to 2147478.647: the exit watchdog fires 5 s past it)",
+  }),
+  /** Seconds readiness reports 503 before sockets are closed. */
+  drainDelayS: setting({
+    env: "DRAIN_DELAY_S",
+    default: "0",
+    schema: secondsSchema(),
+    doc: "seconds readiness is 503 before sockets are closed " +
+      "(< SHUTDOWN_TIMEOUT_S)",
+  }),
+  /** Seconds a session survives after its last activity. */
+  sessionTtlS: setting({
+    env: "SESSION_TTL_S",
+    default: "3600",
+    schema: secondsSchema({ min: MIN_DURATION_S }),
+    doc: "seconds a session survives its last connection (0.01 to 2147483.647)",
+  }),
+  /** Largest accepted text frame in UTF-8 bytes. */
+  maxMessageBytes: setting({
+    env: "MAX_MESSAGE_BYTES",
+    default: "65536",
+    schema: numberSchema({ min: 1, max: 64 * 1024 * 1024, integer: true }),
+    doc: "largest text frame in UTF-8 bytes (1 – 64 MiB)",
+  }),
+  /**
+   * Most sockets open at once; 0 means unlimited; unset derives it at start
+   * from the open-file limit (`connectionLimit` in server.ts).
+   */
+  maxConnections: setting({
+    env: "MAX_CONNECTIONS",
+    defaultText: "derived",
+    schema: numberSchema({ min: 0, integer: true }),
+    doc: "most open sockets; 0 = unlimited; unset: the open-file soft limit " +
+      "less max(64, 5 %) of it",
+  }),
+  /**
+   * Most sessions the memory store keeps, held and released; unset derives
+   * it at start from the memory limit (`sessionLimit` in server.ts).
+   */
+  maxSessions: setting({
+    env: "MAX_SESSIONS",
+    defaultText: "derived",
+    schema: numberSchema({ min: 1, integer: true }),
+    doc: "most sessions the memory store keeps (>= 1); the longest-idle " +
+      "released one makes room; unset: a tenth of the memory limit at " +
+      "300 B each (10,000 to 1,000,000), 250,000 without a limit",
+  }),
+  /**
+   * Memory limit in bytes for the memory guard; 0 turns the guard off;
+   * unset takes the control group's limit, if any.
+   */
+  memoryLimitBytes: setting({
+    env: "MEMORY_LIMIT_BYTES",
+    schema: numberSchema({ min: 0, integer: true }),
+    doc: "memory guard limit in bytes; unset: the cgroup's, or none " +
+      "(guard off); 0 = off",
+  }),
+  /** Share of the memory limit above which readiness fails. */
+  memoryGuardRatio: setting({
+    env: "MEMORY_GUARD_RATIO",
+    default: "0.85",
+    schema: numberSchema({ min: 0.1, max: 1 }),
+    doc: "share (0.1–1) of the memory limit above which readiness fails " +
+      "and upgrades get 503 memory_pressure",
+  }),
+  /** Text frames per second per socket; 0 turns the limit off. */
+  rateLimitPerS: setting({
+    env: "RATE_LIMIT_PER_S",
+    default: "0",
+    schema: numberSchema({ min: 0 }),
+    doc: "text frames per second per socket; 0 = off",
+  }),
+  /** Seconds without a pong before a socket is dropped; 0 turns it off. */
+  idleTimeoutS: setting({
+    env: "IDLE_TIMEOUT_S",
+    default: "60",
+    schema: secondsSchema({ integer: true }),
+    doc: "whole seconds without a pong before a socket is dropped; 0 = off",
+  }),
+  /** Allowed `Origin` values; `undefined` allows any. */
+  allowedOrigins: setting({
+    env: "ALLOWED_ORIGINS",
+    schema: v.pipe(
+      v.string(),
+      v.transform((s) =>
+        Object.freeze(s.split(",").map((o) => o.trim()).filter((o) => o))
+      ),
+      v.check(
+        (list) => list.every((o) => o === "null" || ORIGIN_RE.test(o)),
+        "a comma-separated list of origins such as https://example.com",
+      ),
+    ),
+    doc: "comma-separated origins (https://app.example.com); unset allows any",
+  }),
+  /** Bearer token required by `/metrics`; `undefined` leaves it open. */
+  metricsToken: setting({
+    env: "METRICS_TOKEN",
+    schema: v.string(),
+    secret: true,
+    doc: "bearer token required by /metrics; unset leaves it open",
+  }),
+  /** Lowest level written. */
+  logLevel: setting({
+    env: "LOG_LEVEL",
+    default: "info",
+    schema: choiceSchema(LOG_LEVELS),
+    doc: "lowest level written: debug, info, warning, error, critical",
+  }),
+  /** Line format. */
+  logFormat: setting({
+    env: "LOG_FORMAT",
+    default: "json",
+    schema: choiceSchema<LogFormat>(["json", "pretty"]),
+    doc: "json (JSON Lines) or pretty (for people)",
+  }),
+  /** Deno's OpenTelemetry is on (`OTEL_DENO=true`): spans are created. */
+  otelEnabled: setting({
+    env: "OTEL_DENO",
+    default: "false",
+    schema: flagSchema(),
+    doc: "true turns on Deno's OpenTelemetry exporter (OTEL_EXPORTER_OTLP_*, " +
+      "OTEL_SERVICE_NAME)",
+  }),
+  /** Fraction (0–1) of a traced connection's frames that get a span. */
+  traceFrameRatio: setting({
+    env: "TRACE_FRAME_RATIO",
+    default: "0.01",
+    schema: numberSchema({ min: 0, max: 1 }),
+    doc: "fraction (0–1) of a traced connection's frames that get a span",
+  }),
+};
+
+/** Rules that tie settings together. */
+export const CROSS_CHECKS: readonly CrossCheck[] = [
+  {
+    env: "DRAIN_DELAY_S",
+    uses: ["DRAIN_DELAY_S", "SHUTDOWN_TIMEOUT_S"],
+    test: (s) => (s.DRAIN_DELAY_S as number) < (s.SHUTDOWN_TIMEOUT_S as number),
+    expected: (s) =>
+      `a number below SHUTDOWN_TIMEOUT_S (${s.SHUTDOWN_TIMEOUT_S})`,
+  },
+];
+
+/** The service's settings; every duration is in seconds, every size in bytes. */
+export type Settings = {
+  readonly [K in keyof typeof SETTINGS]: SettingValue<typeof SETTINGS[K]>;
+};
+
+const SCHEMA = new SettingsSchema(SETTINGS, CROSS_CHECKS);
 
 /**
  * Parses the environment into {@link Settings}.
  *
- * Empty values count as unset. Unknown variables are ignored.
+ * Empty values count as unset; unknown variables are ignored (see
+ * {@link suspectVariables}). A secret may come from the file its `NAME_FILE`
+ * names (trailing newlines removed).
  *
- * @param env Variable name → value, usually `Deno.env.toObject()`.
+ * @param env Variable name → value, usually the process environment.
+ * @param options How `*_FILE` secrets are read.
  * @returns A frozen Settings object.
- * @throws {SettingsError} On the first variable whose value is invalid.
+ * @throws {SettingsError} Listing every variable whose value is invalid.
  *
  * @example
  * ```ts
@@ -144,146 +312,53 @@ const WATCHDOG_MARGIN_S = 5;
  * settings.port; // 9000
  * ```
  */
-export function parseSettings(env: Env): Settings {
-  const read = (name: string): string | undefined => {
-    const value = env[name]?.trim();
-    return value === "" ? undefined : value;
-  };
-  const number = (
-    name: string,
-    fallback: number,
-    opts: { min: number; integer?: boolean; max?: number; positive?: boolean },
-  ): number => {
-    const raw = read(name);
-    if (raw === undefined) return fallback;
-    const value = Number(raw);
-    const ok = /^[0-9]+(\.[0-9]+)?$/.test(raw) && Number.isFinite(value) &&
-      value >= opts.min && (!opts.positive || value > 0) &&
-      (opts.max === undefined || value <= opts.max) &&
-      (!opts.integer || Number.isInteger(value));
-    if (!ok) {
-      const kind = opts.integer ? "an integer" : "a number";
-      const range = opts.max !== undefined
-        ? ` from ${opts.min} to ${opts.max}`
-        : opts.positive
-        ? " above 0"
-        : ` of at least ${opts.min}`;
-      throw new SettingsError(name, raw, kind + range);
-    }
-    return value;
-  };
-  // A duration in seconds, short enough for a timer (see MAX_DURATION_S).
-  const seconds = (
-    name: string,
-    fallback: number,
-    opts: { min: number; max?: number; integer?: boolean },
-  ): number =>
-    number(name, fallback, {
-      min: opts.min,
-      max: opts.max ??
-        (opts.integer ? Math.floor(MAX_DURATION_S) : MAX_DURATION_S),
-      integer: opts.integer,
-    });
-  const choice = <T extends string>(
-    name: string,
-    fallback: T,
-    allowed: readonly T[],
-  ): T => {
-    const raw = read(name)?.toLowerCase();
-    if (raw === undefined) return fallback;
-    if (!(allowed as readonly string[]).includes(raw)) {
-      throw new SettingsError(name, raw, `one of ${allowed.join(", ")}`);
-    }
-    return raw as T;
-  };
-
-  // npm and npx export COLOR=0/1 (their own terminal-colour flag) to what
-  // they run; under npm that value is not a deployment color.
-  const npmColorFlag = env.npm_config_user_agent !== undefined &&
-    (env.COLOR === "0" || env.COLOR === "1");
-  const color = (npmColorFlag ? undefined : read("COLOR")) ?? "blue";
-  if (!COLOR_RE.test(color)) {
-    throw new SettingsError(
-      "COLOR",
-      color,
-      "1 to 32 lowercase letters, digits, '_' or '-'",
-    );
-  }
-
-  const redisUrl = read("REDIS_URL");
-  if (redisUrl !== undefined && !isRedisUrl(redisUrl)) {
-    throw new SettingsError(
-      "REDIS_URL",
-      redactUrl(redisUrl),
-      "a redis:// or rediss:// URL",
-    );
-  }
-
-  const origins = read("ALLOWED_ORIGINS");
-  const allowedOrigins = origins === undefined ? undefined : origins
-    .split(",").map((o) => o.trim()).filter((o) => o !== "");
-  for (const origin of allowedOrigins ?? []) {
-    if (origin !== "null" && !/^[a-z][a-z0-9+.-]*:\/\/[^/\s]+$/i.test(origin)) {
-      throw new SettingsError(
-        "ALLOWED_ORIGINS",
-        origins!,
-        "a comma-separated list of origins such as https://example.com",
-      );
-    }
-  }
-
-  const shutdownTimeoutS = seconds("SHUTDOWN_TIMEOUT_S", 10, {
-    min: MIN_DURATION_S,
-    max: round3(MAX_DURATION_S - WATCHDOG_MARGIN_S),
-  });
-  const drainDelayS = seconds("DRAIN_DELAY_S", 0, { min: 0 });
-  if (drainDelayS >= shutdownTimeoutS) {
-    throw new SettingsError(
-      "DRAIN_DELAY_S",
-      String(drainDelayS),
-      `a number below SHUTDOWN_TIMEOUT_S (${shutdownTimeoutS})`,
-    );
-  }
-
-  return Object.freeze({
-    port: number("PORT", 8000, { min: 0, max: 65535, integer: true }),
-    host: read("HOST") ?? "0.0.0.0",
-    color,
-    redisUrl,
-    heartbeatIntervalS: seconds("HEARTBEAT_INTERVAL_S", 30, {
-      min: MIN_DURATION_S,
-    }),
-    shutdownTimeoutS,
-    drainDelayS,
-    sessionTtlS: seconds("SESSION_TTL_S", 3600, { min: MIN_DURATION_S }),
-    maxMessageBytes: number("MAX_MESSAGE_BYTES", 65536, {
-      min: 1,
-      max: 64 * 1024 * 1024,
-      integer: true,
-    }),
-    maxConnections: read("MAX_CONNECTIONS") === undefined
-      ? undefined
-      : number("MAX_CONNECTIONS", 0, { min: 0, integer: true }),
-    maxSessions: number("MAX_SESSIONS", 250_000, { min: 1, integer: true }),
-    rateLimitPerS: number("RATE_LIMIT_PER_S", 0, { min: 0 }),
-    idleTimeoutS: seconds("IDLE_TIMEOUT_S", 60, { min: 0, integer: true }),
-    allowedOrigins: allowedOrigins && Object.freeze(allowedOrigins),
-    metricsToken: read("METRICS_TOKEN"),
-    logLevel: choice("LOG_LEVEL", "info", LOG_LEVELS),
-    logFormat: choice<LogFormat>("LOG_FORMAT", "json", ["json", "pretty"]),
-    otelEnabled: ["true", "1"].includes(
-      choice("OTEL_DENO", "false", ["true", "false", "1", "0"]),
-    ),
-    traceFrameRatio: number("TRACE_FRAME_RATIO", 0.01, { min: 0, max: 1 }),
-    memoryLimitBytes: read("MEMORY_LIMIT_BYTES") === undefined
-      ? undefined
-      : number("MEMORY_LIMIT_BYTES", 0, { min: 0, integer: true }),
-    memoryGuardRatio: number("MEMORY_GUARD_RATIO", 0.85, { min: 0.1, max: 1 }),
-  });
+export function parseSettings(env: Env, options: ParseOptions = {}): Settings {
+  return SCHEMA.parse(env, options) as Settings;
 }
 
-function round3(n: number): number {
-  return Math.round(n * 1000) / 1000;
+/**
+ * The effective value of every setting, for `sockeye config`.
+ *
+ * @param env Variable name → value.
+ * @param options How `*_FILE` secrets are read.
+ * @returns One entry per variable of {@link SETTINGS}, in its order; secrets
+ *   redacted.
+ * @throws {SettingsError} Listing every variable whose value is invalid.
+ */
+export function describeSettings(
+  env: Env,
+  options: ParseOptions = {},
+): readonly EffectiveSetting[] {
+  return SCHEMA.describe(env, options);
+}
+
+/**
+ * Names sockeye knows: every setting, and `NAME_FILE` for each secret.
+ *
+ * @returns The variable names.
+ */
+export function knownVariables(): readonly string[] {
+  return SCHEMA.known();
+}
+
+/**
+ * Finds environment variables that are probably misspelt settings: not
+ * known, written like ours (capitals, digits and underscores), and one or
+ * two edits from a known name (one for names of four letters or fewer), or
+ * a known name in other case (`redis_url`). Common system variables (`PATH`,
+ * `HOME`, `HOSTNAME`, `LC_*` …) are never suspects.
+ *
+ * @param env Variable name → value.
+ * @returns The suspects, sorted by name.
+ *
+ * @example
+ * ```ts
+ * suspectVariables({ REDIS_URI: "redis://cache:6379", HOME: "/root" });
+ * // [{ variable: "REDIS_URI", suggestion: "REDIS_URL" }]
+ * ```
+ */
+export function suspectVariables(env: Env): readonly Misspelt[] {
+  return misspelt(Object.keys(env), SCHEMA.known());
 }
 
 function isRedisUrl(value: string): boolean {

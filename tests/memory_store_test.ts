@@ -4,6 +4,7 @@
  * sessions refuses new ones, and every eviction is counted.
  */
 import assert from "node:assert/strict";
+import { sessionLimit } from "../src/server.ts";
 import { parseSettings, SettingsError } from "../src/settings.ts";
 import {
   metricValue,
@@ -163,8 +164,13 @@ Deno.test("expired sessions are swept and counted as expired", async () => {
   assert.deepEqual(await visit(srv, "x", 0), { count: 0, resumed: false });
 });
 
-Deno.test("MAX_SESSIONS must be a whole number of at least 1", () => {
-  assert.equal(parseSettings({}).maxSessions, 250_000);
+Deno.test("MAX_SESSIONS must be a whole number of at least 1; unset, it is sized from memory", () => {
+  assert.equal(parseSettings({}).maxSessions, undefined);
+  assert.equal(sessionLimit(undefined, undefined), 250_000);
+  assert.equal(sessionLimit(undefined, 512 * 2 ** 20), 178_956);
+  assert.equal(sessionLimit(undefined, 16 * 2 ** 20), 10_000);
+  assert.equal(sessionLimit(undefined, 64 * 2 ** 30), 1_000_000);
+  assert.equal(sessionLimit(7, 64 * 2 ** 30), 7);
   assert.equal(parseSettings({ MAX_SESSIONS: "10" }).maxSessions, 10);
   for (const bad of ["0", "1.5", "-3", "many"]) {
     assert.throws(

@@ -5,6 +5,26 @@
  * @module
  */
 import { printError } from "../platform.ts";
+import { type Env } from "../settings.ts";
+import { type CommandSpec, parseCommand, usageError } from "./_args.ts";
+
+const HEALTHCHECK = {
+  name: "healthcheck",
+  summary: "Asks URL (default http://127.0.0.1:$PORT/healthz, PORT from the " +
+    "environment or 8000)\nand exits 0 when it answers 200: a health check " +
+    "for containers without curl.",
+  positionals: ["[URL]"],
+  options: {
+    timeout: {
+      type: "string",
+      arg: "S",
+      default: "3",
+      doc: "seconds to wait for the answer",
+    },
+  },
+  footer: "Exit codes: 0 on 200; 1 on another status, no answer or a " +
+    "timeout; 2 on a bad command line.",
+} as const satisfies CommandSpec;
 
 /**
  * Probes the service's liveness endpoint.
@@ -12,23 +32,32 @@ import { printError } from "../platform.ts";
  * @param args `[URL] [--timeout SECONDS]`; the URL defaults to
  *   `http://127.0.0.1:$PORT/healthz` (PORT from `env`, default 8000).
  * @param env The environment, for `PORT`.
- * @returns 0 when healthy, 1 otherwise.
+ * @returns 0 when healthy, 1 otherwise, 2 on a bad command line.
  */
 export async function healthcheckCommand(
   args: readonly string[],
-  env: Readonly<Record<string, string | undefined>>,
+  env: Env,
 ): Promise<number> {
-  let url = `http://127.0.0.1:${env.PORT || "8000"}/healthz`;
-  let timeoutS = 3;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    if (arg === "--timeout") timeoutS = Number(args[++i]);
-    else if (arg.startsWith("--timeout=")) timeoutS = Number(arg.slice(10));
-    else url = arg;
+  const parsed = parseCommand(HEALTHCHECK, args);
+  if (typeof parsed === "number") return parsed;
+  const url = parsed.positionals[0] ??
+    `http://127.0.0.1:${env.PORT || "8000"}/healthz`;
+  if (!/^https?:\/\/[^/]/.test(url) || !URL.canParse(url)) {
+    return usageError(
+      "healthcheck",
+      `cannot parse URL "${url}" for healthcheck: expected an http:// or https:// URL`,
+    );
+  }
+  const timeoutS = Number(parsed.values.timeout);
+  if (!(timeoutS > 0) || !Number.isFinite(timeoutS)) {
+    return usageError(
+      "healthcheck",
+      `cannot parse --timeout "${parsed.values.timeout}" for healthcheck: expected a number above 0`,
+    );
   }
   try {
     const res = await fetch(url, {
-      signal: AbortSignal.timeout(timeoutS * 1000),
+      signal: AbortSignal.timeout(Math.min(timeoutS * 1000, 2 ** 31 - 1)),
     });
     await res.body?.cancel();
     if (res.status === 200) return 0;

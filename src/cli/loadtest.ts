@@ -8,8 +8,8 @@
  *
  * @module
  */
-import { parseCommand } from "./_args.ts";
-import { print, printError, stderrIsTerminal, stdio } from "../platform.ts";
+import { type CommandSpec, parseCommand, usageError } from "./_args.ts";
+import { print, stderrIsTerminal, stdio } from "../platform.ts";
 
 /** Options for {@link runLoadtest}. */
 export interface LoadtestOptions {
@@ -35,7 +35,11 @@ export interface LoadtestOptions {
   readonly onProgress?: (line: string) => void;
 }
 
-/** Latency summary in milliseconds. */
+/**
+ * Latency summary in milliseconds; every field is `NaN` when there were no
+ * samples (`null` in JSON, `n/a` in the text report), as a Prometheus
+ * summary reports an empty quantile.
+ */
 export interface Percentiles {
   /** Median. */
   readonly p50: number;
@@ -87,11 +91,12 @@ export interface LoadtestReport {
  * Summarises samples.
  *
  * @param samples Values in any order (sorted in place).
- * @returns Nearest-rank percentiles, max and mean; zeros when empty.
+ * @returns Nearest-rank percentiles, max and mean; `NaN` when empty (no
+ *   samples, no figure).
  */
 export function percentiles(samples: number[] | Float64Array): Percentiles {
   const n = samples.length;
-  if (n === 0) return { p50: 0, p90: 0, p99: 0, max: 0, mean: 0 };
+  if (n === 0) return { p50: NaN, p90: NaN, p99: NaN, max: NaN, mean: NaN };
   samples.sort((a, b) => a - b);
   const at = (q: number) => samples[Math.min(n - 1, Math.ceil(q * n) - 1)]!;
   let sum = 0;
@@ -312,22 +317,80 @@ export async function runLoadtest(
   };
 }
 
-const HELP = `Usage: sockeye loadtest [options]
-
-  --url URL               WebSocket URL (default ws://127.0.0.1:8000/ws/chat/)
-  -c, --connections N     sockets to open, all held together (default 100)
-  -n, --messages M        messages per socket (default 100)
-  --rate R                messages per second per socket; 0 = closed-loop (default 0)
-  --ramp R                sockets opened per second; 0 = as fast as possible (default 0)
-  --connect-concurrency N handshakes in flight at once (default 200)
-  --hold S                seconds to hold every socket open after sending (default 0)
-  --timeout S             cut the run short after S seconds (default 120)
-  --payload TEXT          message text (default "hello")
-  --json                  print the report as JSON
-  --fail-on-error         exit 1 when any error was counted
-
-Exit code: 0, or 1 with --fail-on-error when errors were counted; 2 on bad options.
-`;
+const LOADTEST = {
+  name: "loadtest",
+  summary: "Opens every socket first (ramped), then all send together, so " +
+    "-c N sockets are held open\nat once; checks each reply's count and " +
+    "reports throughput, latency, connect time and\nerrors by kind. A " +
+    "progress line goes to stderr on a terminal.",
+  options: {
+    url: {
+      type: "string",
+      arg: "URL",
+      default: "ws://127.0.0.1:8000/ws/chat/",
+      doc: "WebSocket URL",
+    },
+    connections: {
+      type: "string",
+      short: "c",
+      arg: "N",
+      default: "100",
+      doc: "sockets to open, all held together",
+    },
+    messages: {
+      type: "string",
+      short: "n",
+      arg: "M",
+      default: "100",
+      doc: "messages per socket",
+    },
+    rate: {
+      type: "string",
+      arg: "R",
+      default: "0",
+      doc: "messages per second per socket; 0 = closed-loop",
+    },
+    ramp: {
+      type: "string",
+      arg: "R",
+      default: "0",
+      doc: "sockets opened per second; 0 = as fast as possible",
+    },
+    "connect-concurrency": {
+      type: "string",
+      arg: "N",
+      default: "200",
+      doc: "handshakes in flight at once",
+    },
+    hold: {
+      type: "string",
+      arg: "S",
+      default: "0",
+      doc: "seconds to hold every socket open after sending",
+    },
+    timeout: {
+      type: "string",
+      arg: "S",
+      default: "120",
+      doc: "cut the run short after S seconds",
+    },
+    payload: {
+      type: "string",
+      arg: "TEXT",
+      default: "hello",
+      doc: "message text",
+    },
+    json: { type: "boolean", default: false, doc: "print the report as JSON" },
+    "fail-on-error": {
+      type: "boolean",
+      default: false,
+      doc: "exit 1 when any error was counted",
+    },
+  },
+  footer: "Exit codes: 0; 1 when no socket connected, a reply's count was " +
+    "wrong, or (with\n--fail-on-error) any error was counted; 2 on a bad " +
+    "command line.",
+} as const satisfies CommandSpec;
 
 /**
  * Formats a report for people.
@@ -339,8 +402,9 @@ export function formatReport(r: LoadtestReport): string {
   const errs =
     Object.entries(r.errors).map(([k, v]) => `${k}=${v}`).join(" ") ||
     "none";
+  const ms = (v: number) => Number.isNaN(v) ? "n/a" : `${v} ms`;
   const p = (x: Percentiles) =>
-    `p50 ${x.p50} ms, p90 ${x.p90} ms, p99 ${x.p99} ms, max ${x.max} ms`;
+    `p50 ${ms(x.p50)}, p90 ${ms(x.p90)}, p99 ${ms(x.p99)}, max ${ms(x.max)}`;
   return [
     `target       ${r.url}`,
     `connections  ${r.connections.opened}/${r.connections.requested} opened, peak ${r.connections.peakOpen} open together`,
@@ -353,52 +417,59 @@ export function formatReport(r: LoadtestReport): string {
 }
 
 /**
+ * Whether a run failed: no socket connected, or a reply's count was wrong
+ * (with `failOnError`, any error counted).
+ *
+ * @param report A report from {@link runLoadtest}.
+ * @param failOnError Count every error as a failure.
+ * @returns `true` when the run failed.
+ */
+export function failed(report: LoadtestReport, failOnError = false): boolean {
+  const errorCount = Object.values(report.errors).reduce((a, b) => a + b, 0);
+  return report.connections.opened === 0 ||
+    (report.errors.bad_count ?? 0) > 0 ||
+    (failOnError && errorCount > 0);
+}
+
+/**
  * The `loadtest` subcommand.
  *
  * @param args Command-line options (see `--help`).
- * @returns Exit code.
+ * @returns Exit code: 0; 1 when the run failed (see {@link failed}); 2 on a
+ *   bad command line.
  */
 export async function loadtestCommand(
   args: readonly string[],
 ): Promise<number> {
-  const values = parseCommand("loadtest", args, {
-    url: { type: "string", default: "ws://127.0.0.1:8000/ws/chat/" },
-    connections: { type: "string", short: "c", default: "100" },
-    messages: { type: "string", short: "n", default: "100" },
-    rate: { type: "string", default: "0" },
-    ramp: { type: "string", default: "0" },
-    "connect-concurrency": { type: "string", default: "200" },
-    hold: { type: "string", default: "0" },
-    timeout: { type: "string", default: "120" },
-    payload: { type: "string", default: "hello" },
-    json: { type: "boolean", default: false },
-    "fail-on-error": { type: "boolean", default: false },
-  }, HELP);
-  if (typeof values === "number") return values;
-  const num = (name: string, raw: string, min: number) => {
+  const parsed = parseCommand(LOADTEST, args);
+  if (typeof parsed === "number") return parsed;
+  const { values } = parsed;
+  const num = (name: keyof typeof values, min: number) => {
+    const raw = String(values[name]);
     const v = Number(raw);
-    if (!Number.isFinite(v) || v < min) {
+    if (raw.trim() === "" || !Number.isFinite(v) || v < min) {
       throw new Error(
-        `Cannot parse --${name} "${raw}": expected a number of at least ${min}`,
+        `cannot parse --${name} "${raw}" for loadtest: expected a number of at least ${min}`,
       );
     }
     return v;
   };
   let options: LoadtestOptions;
   try {
+    if (!/^wss?:\/\/[^/]/.test(values.url) || !URL.canParse(values.url)) {
+      throw new Error(
+        `cannot parse --url "${values.url}" for loadtest: expected a ws:// or wss:// URL`,
+      );
+    }
     options = {
       url: values.url,
-      connections: num("connections", values.connections, 1),
-      messages: num("messages", values.messages, 0),
-      rate: num("rate", values.rate, 0),
-      ramp: num("ramp", values.ramp, 0),
-      connectConcurrency: num(
-        "connect-concurrency",
-        values["connect-concurrency"],
-        1,
-      ),
-      holdS: num("hold", values.hold, 0),
-      timeoutS: num("timeout", values.timeout, 0.001),
+      connections: num("connections", 1),
+      messages: num("messages", 0),
+      rate: num("rate", 0),
+      ramp: num("ramp", 0),
+      connectConcurrency: num("connect-concurrency", 1),
+      holdS: num("hold", 0),
+      timeoutS: num("timeout", 0.001),
       payload: values.payload,
       onProgress: stderrIsTerminal()
         ? (line) =>
@@ -406,14 +477,12 @@ export async function loadtestCommand(
         : undefined,
     };
   } catch (error) {
-    printError(`sockeye loadtest: ${(error as Error).message}`);
-    return 2;
+    return usageError("loadtest", (error as Error).message);
   }
   const report = await runLoadtest(options);
   if (options.onProgress) {
     stdio.writeStderrSync(new TextEncoder().encode("\r\x1b[2K"));
   }
   print(values.json ? JSON.stringify(report) : formatReport(report));
-  const errorCount = Object.values(report.errors).reduce((a, b) => a + b, 0);
-  return values["fail-on-error"] && errorCount > 0 ? 1 : 0;
+  return failed(report, values["fail-on-error"]) ? 1 : 0;
 }

@@ -1,15 +1,20 @@
 /**
- * `sockeye monitor`: a terminal view for the operator. Per instance (color):
- * health, readiness, active connections; the five series moving fastest
- * between refreshes; and the latest error lines tailed from a log file or
- * stdin (`docker compose logs -f | sockeye monitor --logs -`).
+ * `sockeye monitor`: a view for the operator. Per instance (color): health,
+ * readiness, the session store, active connections; between refreshes the
+ * messages per second, reply latency p50/p95/p99 (from the
+ * `websocket_message_duration_seconds` histogram), errors by type and the
+ * five series moving fastest, leaving out the monitor's own probes; and the
+ * latest error lines tailed from a log file or stdin
+ * (`docker compose logs -f | sockeye monitor --logs -`).
  *
  * On a terminal the screen is redrawn every `--interval` seconds; otherwise
- * each refresh is printed as a plain block.
+ * each refresh is printed as a plain block, or as one JSON object with
+ * `--json`. `--once` takes one sample (two scrapes an interval apart) and
+ * exits.
  *
  * @module
  */
-import { parseCommand } from "./_args.ts";
+import { type CommandSpec, parseCommand, usageError } from "./_args.ts";
 import {
   print,
   printError,
@@ -17,221 +22,156 @@ import {
   stdio,
   stdoutIsTerminal,
 } from "../platform.ts";
-import { parsePrometheusText, seriesKey } from "./prometheus_text.ts";
+import { type Env } from "../settings.ts";
+import { ErrorTail } from "./monitor_logs.ts";
+import {
+  type InstanceView,
+  type OwnRequests,
+  probe,
+  type Rates,
+  rates,
+  type Scrape,
+  scrape,
+  storeState,
+} from "./monitor_sample.ts";
 
-/** What one instance answered at one refresh. */
-export interface InstanceView {
-  /** Base URL probed. */
-  readonly url: string;
-  /** Color from `/healthz`, `?` when unknown. */
-  readonly color: string;
-  /** `healthy`, another status, or `unreachable`. */
-  readonly health: string;
-  /** `ready`, or the failing status with its checks, or `unreachable`. */
-  readonly readiness: string;
-  /** Open sockets from `/readyz`. */
-  readonly activeConnections: number | undefined;
+/** One instance at one refresh. */
+export interface InstanceSample extends InstanceView {
+  /** The store's state, e.g. `memory ok`, `redis error: …`, `-`. */
+  readonly store: string;
+  /** What moved since the previous refresh; `undefined` on the first. */
+  readonly rates: Rates | undefined;
 }
 
-/** A series and how fast it moved, per second. */
-export interface Mover {
-  /** Series key, e.g. `websocket_messages_total{color="blue",type="sent"}`. */
-  readonly series: string;
-  /** Change per second between two refreshes. */
-  readonly perSecond: number;
-}
+const MONITOR = {
+  name: "monitor",
+  summary: "Shows, per instance: health, readiness, the session store and " +
+    "open sockets; per second\nsince the last refresh: messages, reply " +
+    "latency p50/p95/p99, errors by type and the\nfastest-moving counters " +
+    "(its own probe requests left out); and the latest error lines\nof a " +
+    "log file or of stdin.",
+  options: {
+    url: {
+      type: "string",
+      multiple: true,
+      arg: "URL",
+      doc: "an instance's base URL; repeat for several (default " +
+        "http://127.0.0.1:$PORT)",
+    },
+    interval: {
+      type: "string",
+      arg: "S",
+      default: "2",
+      doc: "seconds between refreshes",
+    },
+    duration: {
+      type: "string",
+      arg: "S",
+      default: "0",
+      doc: "stop after S seconds; 0 runs until interrupted",
+    },
+    once: {
+      type: "boolean",
+      default: false,
+      doc: "one sample (two scrapes an interval apart), then exit",
+    },
+    json: {
+      type: "boolean",
+      default: false,
+      doc: "print each sample as one JSON object (a line)",
+    },
+    logs: {
+      type: "string",
+      arg: "FILE|-",
+      doc: "tail error lines from FILE, or from stdin with -",
+    },
+    token: {
+      type: "string",
+      arg: "TOKEN",
+      doc: "bearer token for /metrics (default $METRICS_TOKEN)",
+    },
+    "metrics-only": {
+      type: "boolean",
+      default: false,
+      doc: "show instances and metrics, no logs",
+    },
+    "logs-only": {
+      type: "boolean",
+      default: false,
+      doc: "show only the log lines",
+    },
+  },
+  footer: "Exit codes: 0; with --once, 1 when an instance's /healthz does " +
+    "not answer 200; 2 on a bad\ncommand line.",
+} as const satisfies CommandSpec;
 
-const HELP = `Usage: sockeye monitor [options]
-
-  --url URL          an instance's base URL; repeat for several (default http://127.0.0.1:$PORT)
-  --interval S       seconds between refreshes (default 2)
-  --duration S       stop after S seconds; 0 runs until interrupted (default 0)
-  --logs FILE|-      tail error lines from FILE, or from stdin with -
-  --token TOKEN      bearer token for /metrics (default $METRICS_TOKEN)
-  --metrics-only     show instances and metrics, no logs
-  --logs-only        show only the log lines
-`;
-
-async function fetchJson(
-  url: string,
-): Promise<{ status: number; body: Record<string, unknown> } | undefined> {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-    return { status: res.status, body: await res.json() };
-  } catch {
-    return undefined;
-  }
-}
+const fixed = (v: number, digits = 2) => v.toFixed(digits);
+const ms = (seconds: number | undefined) =>
+  seconds === undefined || Number.isNaN(seconds)
+    ? "n/a"
+    : fixed(seconds * 1000, 3);
 
 /**
- * Reads one instance's probes.
+ * Renders one refresh as text.
  *
- * @param base Base URL, e.g. `http://127.0.0.1:8000`.
- * @returns Health, readiness and connections; `unreachable` when it does not answer.
- */
-export async function probe(base: string): Promise<InstanceView> {
-  const [health, ready] = await Promise.all([
-    fetchJson(`${base}/healthz`),
-    fetchJson(`${base}/readyz`),
-  ]);
-  return {
-    url: base,
-    color: String(health?.body.color ?? ready?.body.color ?? "?"),
-    health: health === undefined
-      ? "unreachable"
-      : String(health.body.status ?? health.status),
-    readiness: ready === undefined
-      ? "unreachable"
-      : `${ready.body.status ?? ready.status}${
-        ready.status === 200
-          ? ""
-          : ` ${JSON.stringify(ready.body.checks ?? {})}`
-      }`,
-    activeConnections: typeof ready?.body.active_connections === "number"
-      ? ready.body.active_connections
-      : undefined,
-  };
-}
-
-/**
- * Ranks series by how fast they changed between two scrapes.
- *
- * @param before Series key → value at the earlier scrape.
- * @param after Series key → value now.
- * @param seconds Time between the scrapes.
- * @param n How many to keep.
- * @returns The `n` fastest-moving counters (`*_total`, histogram `*_count`).
- */
-export function topMovers(
-  before: Map<string, number>,
-  after: Map<string, number>,
-  seconds: number,
-  n = 5,
-): Mover[] {
-  const movers: Mover[] = [];
-  for (const [series, value] of after) {
-    // Counters only: their rates compare; gauges in bytes would drown them.
-    if (!/^\w+_(total|count)(\{|$)/.test(series)) continue;
-    const previous = before.get(series);
-    if (previous === undefined || !Number.isFinite(value - previous)) continue;
-    const perSecond = (value - previous) / seconds;
-    if (perSecond !== 0) movers.push({ series, perSecond });
-  }
-  movers.sort((a, b) => Math.abs(b.perSecond) - Math.abs(a.perSecond));
-  return movers.slice(0, n);
-}
-
-async function scrape(
-  base: string,
-  token: string | undefined,
-): Promise<Map<string, number> | undefined> {
-  try {
-    const res = await fetch(`${base}/metrics`, {
-      signal: AbortSignal.timeout(2000),
-      headers: token ? { Authorization: `Bearer ${token}` } : {},
-    });
-    if (!res.ok) {
-      await res.body?.cancel();
-      return undefined;
-    }
-    const { samples } = parsePrometheusText(await res.text());
-    return new Map(samples.map((s) => [seriesKey(s), s.value]));
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Whether a log line reports an error: a JSON line at `error` or
- * `critical`, possibly behind a `docker compose logs` prefix, or a plain
- * line containing ERROR.
- *
- * @param line One line of log text.
- * @returns The line to show (the JSON part), or `undefined`.
- */
-export function errorLine(line: string): string | undefined {
-  const start = line.indexOf("{");
-  if (start >= 0) {
-    try {
-      const event = JSON.parse(line.slice(start));
-      if (event.level === "error" || event.level === "critical") {
-        return `${event.timestamp ?? ""} ${event.color ?? ""} ${
-          String(event.level).toUpperCase()
-        } ${event.logger ?? ""}: ${event.message ?? ""}`.trim();
-      }
-      return undefined;
-    } catch { /* not JSON: fall through */ }
-  }
-  return /\b(ERROR|CRITICAL)\b/.test(line) ? line.trim() : undefined;
-}
-
-/** Keeps the last error lines of a log text that arrives in pieces. */
-class ErrorTail {
-  readonly lines: string[] = [];
-  readonly #keep: number;
-  #rest = "";
-
-  constructor(keep: number) {
-    this.#keep = keep;
-  }
-
-  /** Takes the next piece of text; complete lines are examined. */
-  push(text: string): void {
-    this.#rest += text;
-    let nl;
-    while ((nl = this.#rest.indexOf("\n")) >= 0) {
-      const shown = errorLine(this.#rest.slice(0, nl));
-      this.#rest = this.#rest.slice(nl + 1);
-      if (shown === undefined) continue;
-      this.lines.push(shown);
-      if (this.lines.length > this.#keep) this.lines.shift();
-    }
-  }
-
-  /** Reads a stream (stdin) until it ends or `signal` aborts. */
-  async follow(stream: ReadableStream<Uint8Array>, signal: AbortSignal) {
-    const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-    signal.addEventListener("abort", () => reader.cancel().catch(() => {}), {
-      once: true,
-    });
-    try {
-      while (true) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        this.push(value);
-      }
-    } catch { /* cancelled */ }
-  }
-}
-
-/**
- * Renders one refresh.
- *
+ * @param instances Each instance's probes and rates.
+ * @param errors Error lines to show, or `undefined` when logs are off.
+ * @param now The time to stamp.
  * @returns The screen's text.
  */
 export function render(
-  instances: readonly InstanceView[],
-  movers: readonly Mover[],
+  instances: readonly InstanceSample[],
   errors: readonly string[] | undefined,
   now: Date,
 ): string {
   const out = [`sockeye monitor  ${now.toISOString()}`];
   if (instances.length > 0) {
+    const tag = (i: InstanceSample) => instances.length > 1 ? `${i.url} ` : "";
     out.push(
       "",
-      "COLOR    HEALTH       READINESS                 CONNECTIONS  URL",
+      "COLOR    HEALTH       READINESS    STORE            CONNECTIONS  URL",
     );
     for (const i of instances) {
       out.push(
         `${i.color.padEnd(8)} ${i.health.padEnd(12)} ${
-          i.readiness.padEnd(25)
-        } ${String(i.activeConnections ?? "-").padEnd(12)} ${i.url}`,
+          i.readiness.padEnd(12)
+        } ${i.store.padEnd(16)} ${
+          String(i.activeConnections ?? "-").padEnd(12)
+        } ${i.url}`,
       );
     }
+    const seconds = instances.find((i) => i.rates)?.rates?.seconds;
+    out.push(
+      "",
+      `TRAFFIC (per second${
+        seconds ? ` over the last ${fixed(seconds, 1)} s` : ""
+      })`,
+      "COLOR    MESSAGES/S   P50 ms     P95 ms     P99 ms     URL",
+    );
+    for (const i of instances) {
+      const r = i.rates;
+      out.push(
+        `${i.color.padEnd(8)} ${
+          (r ? fixed(r.messagesPerSecond) : "-").padEnd(12)
+        } ${(r ? ms(r.latency?.p50) : "-").padEnd(10)} ${
+          (r ? ms(r.latency?.p95) : "-").padEnd(10)
+        } ${(r ? ms(r.latency?.p99) : "-").padEnd(10)} ${i.url}`,
+      );
+    }
+    out.push("", "ERRORS BY TYPE (per second)");
+    const errs = instances.flatMap((i) =>
+      Object.entries(i.rates?.errorsPerSecond ?? {}).map(([type, rate]) =>
+        `  ${fixed(rate).padStart(12)}  ${tag(i)}${type}`
+      )
+    );
+    out.push(...(errs.length > 0 ? errs : ["  (none)"]));
     out.push("", "FASTEST-MOVING SERIES (per second)");
+    const movers = instances.flatMap((i) =>
+      (i.rates?.movers ?? []).map((m) => ({ ...m, series: tag(i) + m.series }))
+    ).sort((a, b) => b.perSecond - a.perSecond).slice(0, 5);
     if (movers.length === 0) out.push("  (none moved since the last refresh)");
     for (const m of movers) {
-      out.push(`  ${m.perSecond.toFixed(2).padStart(12)}  ${m.series}`);
+      out.push(`  ${fixed(m.perSecond).padStart(12)}  ${m.series}`);
     }
   }
   if (errors !== undefined) {
@@ -243,37 +183,130 @@ export function render(
 }
 
 /**
+ * Renders one refresh as a JSON object, for scripts.
+ *
+ * @param instances Each instance's probes and rates.
+ * @param errors Error lines, or `undefined` when logs are off.
+ * @param now The time to stamp.
+ * @returns One line of JSON: `timestamp`, `instances` (rates `null` on the
+ *   first refresh; latency in seconds, `null` without replies) and
+ *   `error_lines` when logs are read.
+ */
+export function renderJson(
+  instances: readonly InstanceSample[],
+  errors: readonly string[] | undefined,
+  now: Date,
+): string {
+  const round = (v: number) => Math.round(v * 1e6) / 1e6;
+  return JSON.stringify({
+    timestamp: now.toISOString(),
+    instances: instances.map((i) => ({
+      url: i.url,
+      up: i.up,
+      color: i.color,
+      health: i.health,
+      readiness: i.readiness,
+      store: i.store,
+      active_connections: i.activeConnections ?? null,
+      interval_seconds: i.rates ? round(i.rates.seconds) : null,
+      messages_per_second: i.rates ? round(i.rates.messagesPerSecond) : null,
+      reply_latency_seconds: i.rates?.latency
+        ? {
+          p50: round(i.rates.latency.p50),
+          p95: round(i.rates.latency.p95),
+          p99: round(i.rates.latency.p99),
+        }
+        : null,
+      errors_per_second: i.rates
+        ? Object.fromEntries(
+          Object.entries(i.rates.errorsPerSecond).map((
+            [k, v],
+          ) => [k, round(v)]),
+        )
+        : null,
+      fastest: i.rates
+        ? i.rates.movers.map((m) => ({
+          series: m.series,
+          per_second: round(m.perSecond),
+        }))
+        : null,
+    })),
+    ...(errors === undefined ? {} : { error_lines: errors }),
+  });
+}
+
+/** Keeps each instance's last scrape, to work out rates at the next one. */
+class Sampler {
+  readonly #urls: readonly string[];
+  readonly #token: string | undefined;
+  readonly #previous = new Map<string, Scrape>();
+
+  constructor(urls: readonly string[], token: string | undefined) {
+    this.#urls = urls;
+    this.#token = token;
+  }
+
+  /** Probes and scrapes every instance once. */
+  sample(): Promise<InstanceSample[]> {
+    return Promise.all(this.#urls.map(async (url) => {
+      const view = await probe(url);
+      const metrics = await scrape(url, this.#token);
+      const before = this.#previous.get(url);
+      let r: Rates | undefined;
+      if (metrics !== undefined && before !== undefined) {
+        // Between the two scrapes the service answered this round's probes
+        // and the previous scrape (counted after its own body was written).
+        const own: OwnRequests = new Map([
+          ...view.requests,
+          ["/metrics", new Map([["200", 1]])],
+        ]);
+        r = rates(before, metrics, own);
+      }
+      if (metrics) this.#previous.set(url, metrics);
+      else this.#previous.delete(url);
+      return { ...view, store: storeState(view, metrics), rates: r };
+    }));
+  }
+}
+
+/** Parses a number of seconds, or says what is wrong with it. */
+function seconds(raw: string, name: string, above0: boolean): number | string {
+  const v = Number(raw);
+  return raw.trim() !== "" && Number.isFinite(v) && (above0 ? v > 0 : v >= 0)
+    ? v
+    : `cannot parse --${name} "${raw}" for monitor: expected a number ${
+      above0 ? "above 0" : "of at least 0"
+    }`;
+}
+
+/**
  * The `monitor` subcommand.
  *
  * @param args Command-line options (see `--help`).
  * @param env The environment, for `PORT` and `METRICS_TOKEN`.
- * @returns Exit code: 0, or 2 on bad options.
+ * @returns Exit code: 0; with `--once`, 1 when an instance is down; 2 on a
+ *   bad command line or an unreadable log file.
  */
 export async function monitorCommand(
   args: readonly string[],
-  env: Readonly<Record<string, string | undefined>>,
+  env: Env,
 ): Promise<number> {
-  const values = parseCommand("monitor", args, {
-    url: { type: "string", multiple: true },
-    interval: { type: "string", default: "2" },
-    duration: { type: "string", default: "0" },
-    logs: { type: "string" },
-    token: { type: "string" },
-    "metrics-only": { type: "boolean", default: false },
-    "logs-only": { type: "boolean", default: false },
-  }, HELP);
-  if (typeof values === "number") return values;
-  const interval = Number(values.interval);
-  const duration = Number(values.duration);
-  if (!(interval > 0) || !(duration >= 0)) {
-    printError(
-      `sockeye monitor: Cannot parse --interval "${values.interval}" or --duration "${values.duration}": expected positive numbers`,
-    );
-    return 2;
-  }
+  const parsed = parseCommand(MONITOR, args);
+  if (typeof parsed === "number") return parsed;
+  const { values } = parsed;
+  const interval = seconds(values.interval, "interval", true);
+  const duration = seconds(values.duration, "duration", false);
+  if (typeof interval === "string") return usageError("monitor", interval);
+  if (typeof duration === "string") return usageError("monitor", duration);
   const urls = (values.url ?? [`http://127.0.0.1:${env.PORT || "8000"}`])
     .map((u) => u.replace(/\/+$/, ""));
-  const token = values.token ?? env.METRICS_TOKEN;
+  const bad = urls.find((u) => !/^https?:\/\/[^/]/.test(u) || !URL.canParse(u));
+  if (bad !== undefined) {
+    return usageError(
+      "monitor",
+      `cannot parse --url "${bad}" for monitor: expected an http:// or https:// URL`,
+    );
+  }
   const showMetrics = !values["logs-only"];
   const showLogs = !values["metrics-only"] && values.logs !== undefined;
 
@@ -304,49 +337,35 @@ export async function monitorCommand(
     }
   }
 
-  const terminal = stdoutIsTerminal();
+  const sampler = new Sampler(
+    showMetrics ? urls : [],
+    values.token ?? env.METRICS_TOKEN,
+  );
+  const wait = () => new Promise((r) => setTimeout(r, interval * 1000));
+  const terminal = stdoutIsTerminal() && !values.json && !values.once;
   const started = performance.now();
-  let previous = new Map<string, Map<string, number>>();
-  let previousAt = performance.now();
+  let instances: InstanceSample[] = [];
+  // --once: a first scrape, so the sample shown has rates.
+  if (values.once && showMetrics) {
+    await sampler.sample();
+    await wait();
+  }
   while (true) {
     if (showLogs && values.logs !== "-") await readFile().catch(() => {});
-    const instances = showMetrics ? await Promise.all(urls.map(probe)) : [];
-    const now = performance.now();
-    const current = new Map<string, Map<string, number>>();
-    let movers: Mover[] = [];
-    if (showMetrics) {
-      for (const url of urls) {
-        const metrics = await scrape(url, token);
-        if (metrics === undefined) continue;
-        current.set(url, metrics);
-        const before = previous.get(url);
-        if (before !== undefined) {
-          const label = urls.length > 1 ? `${url} ` : "";
-          movers.push(
-            ...topMovers(before, metrics, (now - previousAt) / 1000, 5)
-              .map((m) => ({ ...m, series: label + m.series })),
-          );
-        }
-      }
-      movers = movers.sort((a, b) =>
-        Math.abs(b.perSecond) - Math.abs(a.perSecond)
-      )
-        .slice(0, 5);
+    instances = await sampler.sample();
+    const errors = showLogs ? tail.lines : undefined;
+    const now = new Date();
+    if (values.json) print(renderJson(instances, errors, now));
+    else {
+      const screen = render(instances, errors, now);
+      print(terminal ? `\x1b[2J\x1b[H${screen}` : `${screen}\n`);
     }
-    previous = current;
-    previousAt = now;
-    const screen = render(
-      instances,
-      movers,
-      showLogs ? tail.lines : undefined,
-      new Date(),
-    );
-    print(terminal ? `\x1b[2J\x1b[H${screen}` : `${screen}\n`);
+    if (values.once) break;
     const elapsed = (performance.now() - started) / 1000;
     if (duration > 0 && elapsed + interval > duration) break;
-    await new Promise((r) => setTimeout(r, interval * 1000));
+    await wait();
   }
   stop.abort();
   await following;
-  return 0;
+  return values.once && instances.some((i) => !i.up) ? 1 : 0;
 }
