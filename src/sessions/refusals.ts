@@ -102,8 +102,52 @@ function http(
 
 const RETRY_SOON = { "Retry-After": "1" };
 
+/** Every cause, by name (see {@link REFUSALS}). */
+export interface Refusals {
+  /** A binary frame: 1003. */
+  readonly binaryFrame: CloseRefusal;
+  /** A text frame over `MAX_MESSAGE_BYTES`: 1009. */
+  readonly messageTooBig: CloseRefusal;
+  /** Over `RATE_LIMIT_PER_S`: 1008. */
+  readonly rateLimited: CloseRefusal;
+  /** A client that does not read: 1008. */
+  readonly slowConsumer: CloseRefusal;
+  /** No pong within `IDLE_TIMEOUT_S`: 1001 (sent by the runtime). */
+  readonly idleTimeout: CloseRefusal;
+  /** A frame the runtime rejects: 1002 when it can send one. */
+  readonly protocolError: CloseRefusal;
+  /** An internal error while counting: 1011. */
+  readonly internal: CloseRefusal;
+  /** The store cannot count a frame: `{"error": "unavailable", "retry": true}`. */
+  readonly storeUnavailableFrame: FrameRefusal;
+  /** A plain GET: 426. */
+  readonly upgradeRequired: HttpRefusal;
+  /** `Sec-WebSocket-Version` other than 13: 400. */
+  readonly badVersion: HttpRefusal;
+  /** A malformed `Sec-WebSocket-Key`: 400. */
+  readonly badKey: HttpRefusal;
+  /** An upgrade the runtime refuses: 400. */
+  readonly badUpgrade: HttpRefusal;
+  /** A session id not matching `^[A-Za-z0-9_-]{1,64}$`: 400. */
+  readonly invalidSessionId: HttpRefusal;
+  /** An `Origin` outside `ALLOWED_ORIGINS`: 403. */
+  readonly originNotAllowed: HttpRefusal;
+  /** Draining: 503. */
+  readonly draining: HttpRefusal;
+  /** Above the memory guard's threshold: 503. */
+  readonly memoryPressure: HttpRefusal;
+  /** At `MAX_CONNECTIONS`: 503. */
+  readonly maxConnections: HttpRefusal;
+  /** Every stored session held, at `MAX_SESSIONS`: 503. */
+  readonly maxSessions: HttpRefusal;
+  /** The store cannot attach the session: 503. */
+  readonly storeUnavailable: HttpRefusal;
+  /** An unexpected error attaching the session: 500. */
+  readonly internalUpgrade: HttpRefusal;
+}
+
 /** Every cause, by name. */
-export const REFUSALS = Object.freeze({
+export const REFUSALS: Refusals = Object.freeze({
   // On an open socket.
   binaryFrame: close(
     CloseCode.unsupportedData,
@@ -209,7 +253,7 @@ export const REFUSALS = Object.freeze({
 });
 
 /** The name of a cause in {@link REFUSALS}. */
-export type RefusalName = keyof typeof REFUSALS;
+export type RefusalName = keyof Refusals;
 
 /**
  * Every `error_type` of `websocket_errors_total`, each exported from the
