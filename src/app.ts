@@ -18,7 +18,6 @@ import {
   KNOWN_HTTP_METHODS,
   nameServerSpan,
   recordError,
-  redactServerSpanUrl,
 } from "./observability/tracing.ts";
 import { type ConnInfo, upgradeWebSocket } from "./platform.ts";
 import type { Settings } from "./settings.ts";
@@ -101,9 +100,6 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.use(async (c, next) => {
     const start = performance.now();
     const id = c.get("requestId");
-    // Deno's server span records the query (url.full, url.query): a
-    // ?token= must not reach the trace.
-    redactServerSpanUrl(c.req.url);
     await withContext({ request_id: id }, next);
     const res = c.res;
     // Responses built outside Hono (the 101) miss headers set by c.header().

@@ -162,33 +162,6 @@ const PATTERNS: readonly RedactionPattern[] = [
 ];
 
 /**
- * Masks secrets in a string as log lines do (URL passwords, `name=value`
- * secrets such as `?token=…`, `Bearer` credentials, e-mail addresses, card
- * numbers, JWTs), for text that leaves the process another way (span
- * attributes).
- *
- * @param text Any string, e.g. a request URL.
- * @returns The string with each secret replaced by `[REDACTED]` (URL
- *   passwords by `***`).
- *
- * @example
- * ```ts
- * redactText("http://h/ws/chat/?token=abc&session_uuid=s");
- * // "http://h/ws/chat/?token=[REDACTED]&session_uuid=s"
- * ```
- */
-export function redactText(text: string): string {
-  let out = text;
-  for (const { pattern, replacement } of PATTERNS) {
-    out = out.replace(
-      pattern,
-      replacement as (substring: string, ...args: unknown[]) => string,
-    );
-  }
-  return out;
-}
-
-/**
  * Builds one log event as a flat object with the contract's fields, string
  * values passed through the redaction patterns (numbers are left alone, so a
  * long fraction is never mistaken for a card number).

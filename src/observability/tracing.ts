@@ -28,7 +28,6 @@ import {
   trace,
 } from "@opentelemetry/api";
 import { VERSION } from "../version.ts";
-import { redactText } from "./logging.ts";
 
 const tracer = trace.getTracer("sockeye", VERSION);
 
@@ -84,26 +83,6 @@ export function nameServerSpan(
     span.setAttribute("http.route", route);
     span.updateName(`${name} ${route}`);
   }
-}
-
-/**
- * Redacts the request URL on the active server span. Deno's span records
- * `url.full` and `url.query` with the query string as received, which holds
- * a browser's `?token=`; these attributes are set again with every secret
- * masked ({@link redactText}), as the HTTP semantic conventions ask of
- * credentials in URLs. A URL without a query costs one `indexOf`.
- *
- * @param url The request URL.
- */
-export function redactServerSpanUrl(url: string): void {
-  const query = url.indexOf("?");
-  if (query < 0) return;
-  const span = trace.getActiveSpan();
-  if (span === undefined || !span.isRecording()) return;
-  const redacted = redactText(url);
-  if (redacted === url) return;
-  span.setAttribute("url.full", redacted);
-  span.setAttribute("url.query", redacted.slice(redacted.indexOf("?") + 1));
 }
 
 /**
