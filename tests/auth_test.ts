@@ -15,6 +15,7 @@ import {
   UnsecuredJWT,
 } from "jose";
 import { Redis } from "ioredis";
+import { runLoadtest } from "../src/cli/loadtest.ts";
 import {
   metricValue,
   rawUpgrade,
@@ -497,4 +498,26 @@ Deno.test("a bearer token never reaches a span; the connection span names the su
     ac.abort();
     await receiver.finished;
   }
+});
+
+Deno.test("sockeye loadtest --token authenticates every socket with a bearer header", async () => {
+  await using server = await startTestServer({ AUTH_JWT_SECRET: SECRET });
+  const options = {
+    url: server.ws(),
+    connections: 3,
+    messages: 2,
+    rate: 0,
+    ramp: 0,
+    connectConcurrency: 3,
+    holdS: 0,
+    timeoutS: 10,
+    payload: "x",
+  };
+  const without = await runLoadtest(options);
+  assert.equal(without.connections.opened, 0);
+  assert.equal(without.errors.connect_failed, 3);
+  const authed = await runLoadtest({ ...options, token: await hs256() });
+  assert.equal(authed.connections.opened, 3);
+  assert.equal(authed.messages.ok, 6);
+  assert.ok(!authed.url.includes("token"));
 });
