@@ -21,7 +21,8 @@
 
 /**
  * Most connect buckets kept per generation (two generations: at most twice
- * this many, about 100 bytes each).
+ * this many, about 110 bytes of heap each with an IPv4 key, measured: 11 MB
+ * at most).
  */
 export const MAX_TRACKED_CLIENTS = 50_000;
 
