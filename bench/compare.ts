@@ -16,11 +16,17 @@
  * `otel-off`, `otel-default`, `otel-all` (sockeye with OTEL_DENO and the
  * sampler settings, exporting to a local sink that discards),
  * `memory@REV` (sockeye at git revision REV, defaults: a before/after
- * comparison in one run, e.g. `--targets bare,memory@HEAD~3,memory`).
+ * comparison in one run, e.g. `--targets bare,memory@HEAD~3,memory`),
+ * `auth-hs256`, `auth-rs256` (sockeye with AUTH_JWT_SECRET or an RSA
+ * AUTH_JWT_PUBLIC_KEY; the load test sends a token made here with every
+ * handshake). Authentication costs per connection, not per frame: compare
+ * with `memory` at many sockets and few messages, e.g. `--sizes 1000x1`,
+ * and read the CPU per connection column.
  *
  * @module
  */
 import { parseArgs } from "node:util";
+import { exportSPKI, generateKeyPair, SignJWT } from "jose";
 import type { LoadtestReport } from "../src/cli/loadtest.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -29,6 +35,16 @@ const DENO = Deno.execPath();
 interface Target {
   name: string;
   start(port: number): Promise<Deno.ChildProcess>;
+  /** Extra `sockeye loadtest` arguments, e.g. `--token`. */
+  loadtestArgs?: string[];
+}
+
+/** A token valid for a day, signed with `key`. */
+function benchToken(key: CryptoKey | Uint8Array, alg: string): Promise<string> {
+  return new SignJWT({ sub: "bench" })
+    .setProtectedHeader({ alg })
+    .setExpirationTime("1d")
+    .sign(key);
 }
 
 function freePort(): number {
@@ -202,6 +218,23 @@ for (const name of values.targets.split(",")) {
     targets.push(sockeye(name, {}, tree.root));
   } else if (name === "memory-quiet") {
     targets.push(sockeye(name, { LOG_LEVEL: "warning" }));
+  } else if (name === "auth-hs256") {
+    const secret = crypto.randomUUID() + crypto.randomUUID();
+    targets.push({
+      ...sockeye(name, { AUTH_JWT_SECRET: secret }),
+      loadtestArgs: [
+        "--token",
+        await benchToken(new TextEncoder().encode(secret), "HS256"),
+      ],
+    });
+  } else if (name === "auth-rs256") {
+    const keys = await generateKeyPair("RS256", { extractable: true });
+    targets.push({
+      ...sockeye(name, {
+        AUTH_JWT_PUBLIC_KEY: await exportSPKI(keys.publicKey),
+      }),
+      loadtestArgs: ["--token", await benchToken(keys.privateKey, "RS256")],
+    });
   } else if (name === "redis") {
     const redis = await startRedis();
     cleanups.push(redis.stop);
@@ -240,6 +273,7 @@ interface Row {
   rssBefore: number;
   rssAfter: number;
   cpuUsPerMsg: number;
+  cpuUsPerConn: number;
   errors: number;
 }
 const rows: Row[] = [];
@@ -264,6 +298,7 @@ for (let r = 0; r < repeat; r++) {
           "--timeout",
           "300",
           "--json",
+          ...target.loadtestArgs ?? [],
         ],
         stdout: "piped",
         stderr: "inherit",
@@ -285,6 +320,10 @@ for (let r = 0; r < repeat; r++) {
         cpuUsPerMsg: Math.round(
           (after.cpuS - before.cpuS) / Math.max(1, report.messages.ok) * 1e7,
         ) / 10,
+        cpuUsPerConn: Math.round(
+          (after.cpuS - before.cpuS) /
+            Math.max(1, report.connections.opened) * 1e6,
+        ),
         errors: Object.values(report.errors).reduce((a, b) => a + b, 0),
       };
       rows.push(row);
@@ -301,9 +340,9 @@ const median = (xs: number[]) => {
 console.log(
   `| target | sockets × msgs | msg/s (median of ${repeat}) | vs ${
     targets[0]!.name
-  } | p50 ms | p99 ms | RSS before → after MiB | server CPU µs/msg | errors |`,
+  } | p50 ms | p99 ms | RSS before → after MiB | server CPU µs/msg | server CPU µs/conn | errors |`,
 );
-console.log("|---|---|---|---|---|---|---|---|---|");
+console.log("|---|---|---|---|---|---|---|---|---|---|");
 for (const size of sizes) {
   const key = `${size.connections}x${size.messages}`;
   const base = median(
@@ -321,7 +360,7 @@ for (const size of sizes) {
         m((r) => r.p50)
       } | ${m((r) => r.p99)} | ${m((r) => r.rssBefore)} → ${
         m((r) => r.rssAfter)
-      } | ${m((r) => r.cpuUsPerMsg)} | ${
+      } | ${m((r) => r.cpuUsPerMsg)} | ${m((r) => r.cpuUsPerConn)} | ${
         rs.reduce((a, r) => a + r.errors, 0)
       } |`,
     );

@@ -25,6 +25,7 @@ import { SUBPROTOCOL } from "./sessions/frames.ts";
 import type { Hub } from "./sessions/hub.ts";
 import type { SessionStore } from "./sessions/store.ts";
 import { Admission, Refused } from "./sessions/admission.ts";
+import { TrustedProxies } from "./sessions/client_address.ts";
 import { REFUSALS } from "./sessions/refusals.ts";
 import { VERSION } from "./version.ts";
 
@@ -86,6 +87,13 @@ export function createApp(deps: AppDeps): Hono<Env> {
   };
   const httpLog = logger("http");
   const wsLog = logger("ws");
+  const proxies = new TrustedProxies(settings.trustedProxies);
+  /** The client's address: the peer, or what a trusted proxy forwarded. */
+  const clientAddress = (c: Context<Env>): string =>
+    proxies.clientAddress(
+      c.env?.remoteAddr ?? "",
+      c.req.header("X-Forwarded-For") ?? null,
+    );
   const app = new Hono<Env>();
 
   app.use(requestId({ headerName: "X-Request-ID", limitLength: 128 }));
@@ -123,7 +131,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
         path: c.req.path,
         message: error.message,
         status: error.status,
-        remote_addr: c.env?.remoteAddr,
+        remote_addr: clientAddress(c),
       });
       return c.json(
         { error: "http_error", message: error.message },
@@ -201,7 +209,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
         max_fds: limits.maxFds ?? null,
         memory_limit_bytes: limits.memoryLimitBytes ?? null,
         memory_guard_ratio: settings.memoryGuardRatio,
+        connect_rate_limit_per_s: settings.connectRateLimitPerS,
+        max_connections_per_client: settings.maxConnectionsPerClient,
       },
+      authentication: admission.authentication,
+      signed_session_ids: settings.sessionSecret !== undefined,
     }));
 
   app.get("/metrics", async (c) => {
@@ -228,7 +240,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
     maxConnections: limits.maxConnections,
   });
   /** Renders a refusal: status, JSON body, metric, span, one log line. */
-  const refuse = (c: Context<Env>, refused: Refused): Response => {
+  const refuse = (
+    c: Context<Env>,
+    refused: Refused,
+    remoteAddr: string,
+  ): Response => {
     const { refusal, message, cause } = refused;
     metrics.error(refusal.errorType);
     recordError(activeSpan(), refusal.errorType, message);
@@ -236,20 +252,22 @@ export function createApp(deps: AppDeps): Hono<Env> {
       message,
       status: refusal.status,
       error_type: refusal.errorType,
+      ...refused.fields,
       ...(cause === undefined ? {} : { error: cause }),
-      remote_addr: c.env?.remoteAddr,
+      remote_addr: remoteAddr,
       user_agent: c.req.header("User-Agent"),
     });
     return c.json(
       { error: refusal.errorType, message },
       refusal.status as 400,
-      refusal.headers,
+      refused.headers,
     );
   };
   const upgrade = async (c: Context<Env>) => {
     const req = c.req.raw;
-    const admitted = await admission.admit(req);
-    if (admitted instanceof Refused) return refuse(c, admitted);
+    const remoteAddr = clientAddress(c);
+    const admitted = await admission.admit(req, remoteAddr);
+    if (admitted instanceof Refused) return refuse(c, admitted, remoteAddr);
     const { session, sessionId, wantsSessionFrame } = admitted;
     // The request's headers are gone once it is upgraded: read them now.
     const userAgent = req.headers.get("user-agent") ?? "";
@@ -261,15 +279,30 @@ export function createApp(deps: AppDeps): Hono<Env> {
       });
     } catch (error) {
       session.release();
-      return refuse(c, new Refused(REFUSALS.badUpgrade, undefined, error));
+      admitted.release();
+      return refuse(
+        c,
+        new Refused(REFUSALS.badUpgrade, undefined, error),
+        remoteAddr,
+      );
     }
     upgraded.response.headers.set("X-Session-UUID", sessionId);
-    hub.add(upgraded.socket, session, {
-      remoteAddr: c.env?.remoteAddr ?? "",
+    const conn = hub.add(upgraded.socket, session, {
+      remoteAddr,
       userAgent,
       requestId: c.get("requestId"),
       wantsSessionFrame,
+      userId: admitted.userId,
+      onClose: admitted.release,
     });
+    const { tokenExpired } = REFUSALS;
+    admitted.watch(() =>
+      conn.reject(
+        tokenExpired.code,
+        tokenExpired.errorType,
+        tokenExpired.reason,
+      )
+    );
     return upgraded.response;
   };
   app.get("/ws/chat/", upgrade);

@@ -22,12 +22,15 @@ import {
   MAX_DURATION_S,
   numberSchema,
   type ParseOptions,
+  type Schema,
   secondsSchema,
   setting,
   SettingsSchema,
   type SettingValue,
 } from "./settings_schema.ts";
 import { type Misspelt, misspelt } from "./suggest.ts";
+import { normaliseCidr } from "./sessions/client_address.ts";
+import { normalisePem, publicKeyAlgorithms } from "./sessions/jwt_keys.ts";
 
 export {
   choiceSchema,
@@ -79,6 +82,12 @@ export const MIN_DURATION_S = 0.01;
  */
 export const WATCHDOG_MARGIN_S = 5;
 const ORIGIN_RE = /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+$/i;
+
+/**
+ * The shortest HMAC key accepted (`AUTH_JWT_SECRET`, `SESSION_SECRET`), in
+ * bytes: as long as SHA-256's output (RFC 7518 §3.2, RFC 2104 §3).
+ */
+export const MIN_SECRET_BYTES = 32;
 
 /**
  * Every environment variable sockeye reads, keyed by its {@link Settings}
@@ -245,6 +254,99 @@ export const SETTINGS = {
     secret: true,
     doc: "bearer token required by /metrics; unset leaves it open",
   }),
+  /**
+   * HMAC key for HS256/HS384/HS512 tokens; setting it (or another key
+   * source) turns authentication on.
+   */
+  authJwtSecret: setting({
+    env: "AUTH_JWT_SECRET",
+    schema: v.pipe(
+      v.string(),
+      v.check(
+        (s) => new TextEncoder().encode(s).length >= MIN_SECRET_BYTES,
+        `at least ${MIN_SECRET_BYTES} bytes (openssl rand -base64 32)`,
+      ),
+    ),
+    secret: true,
+    doc: "HMAC key for HS256/384/512 tokens (at least 32 bytes); turns " +
+      "authentication on",
+  }),
+  /**
+   * PEM public key (RSA, EC P-256/384/521, Ed25519) for RS*, PS*, ES* or
+   * EdDSA tokens, with the algorithms its type allows.
+   */
+  authJwtPublicKey: setting({
+    env: "AUTH_JWT_PUBLIC_KEY",
+    schema: publicKeySchema(),
+    // Not a secret, but a multi-line value: never echoed whole, shown by
+    // its algorithms, and readable from AUTH_JWT_PUBLIC_KEY_FILE.
+    secret: true,
+    redact: describePublicKey,
+    doc: "PEM public key (RSA >= 2048 bits, EC P-256/P-384/P-521, Ed25519) " +
+      "for RS*/PS*/ES*/EdDSA tokens; turns authentication on",
+  }),
+  /** URL of a JSON Web Key Set (RFC 7517) whose keys verify tokens. */
+  authJwksUrl: setting({
+    env: "AUTH_JWKS_URL",
+    schema: v.pipe(
+      v.string(),
+      v.check(isHttpUrl, "an http:// or https:// URL"),
+    ),
+    doc: "https:// URL of a JSON Web Key Set (RS*/PS*/ES*/EdDSA keys); " +
+      "turns authentication on",
+  }),
+  /** Required `iss` claim; unset accepts any issuer. */
+  authJwtIssuer: setting({
+    env: "AUTH_JWT_ISSUER",
+    schema: v.string(),
+    doc: "required iss claim; unset accepts any",
+  }),
+  /** Required `aud` claim (one of the token's audiences); unset accepts any. */
+  authJwtAudience: setting({
+    env: "AUTH_JWT_AUDIENCE",
+    schema: v.string(),
+    doc: "required aud claim; unset accepts any",
+  }),
+  /**
+   * Key for the MAC of server-issued session ids; set, only such ids are
+   * accepted.
+   */
+  sessionSecret: setting({
+    env: "SESSION_SECRET",
+    schema: v.pipe(
+      v.string(),
+      v.check(
+        (s) => new TextEncoder().encode(s).length >= MIN_SECRET_BYTES,
+        `at least ${MIN_SECRET_BYTES} bytes (openssl rand -base64 32)`,
+      ),
+    ),
+    secret: true,
+    doc: "key for the MAC of server-issued session ids (at least 32 bytes); " +
+      "set, client-chosen ids are refused",
+  }),
+  /** Proxies whose `X-Forwarded-For` is believed, as normalised CIDRs. */
+  trustedProxies: setting({
+    env: "TRUSTED_PROXIES",
+    schema: cidrListSchema(),
+    doc: "comma-separated addresses or CIDRs (10.0.0.0/8, fd00::/8) of " +
+      "proxies whose X-Forwarded-For is believed; unset believes none",
+  }),
+  /** New WebSockets per second per client address; 0 turns the limit off. */
+  connectRateLimitPerS: setting({
+    env: "CONNECT_RATE_LIMIT_PER_S",
+    default: "0",
+    schema: numberSchema({ min: 0 }),
+    doc: "upgrades per second per client address (token bucket, one " +
+      "second of burst); 0 = off",
+  }),
+  /** Most open sockets per client (address, or subject with authentication); 0 is unlimited. */
+  maxConnectionsPerClient: setting({
+    env: "MAX_CONNECTIONS_PER_CLIENT",
+    default: "0",
+    schema: numberSchema({ min: 0, integer: true }),
+    doc: "most open sockets per client address, or per token subject " +
+      "with authentication; 0 = unlimited",
+  }),
   /** Lowest level written. */
   logLevel: setting({
     env: "LOG_LEVEL",
@@ -276,8 +378,39 @@ export const SETTINGS = {
   }),
 };
 
+/** The variables that each turn authentication on; at most one may be set. */
+export const AUTH_KEY_SOURCES = [
+  "AUTH_JWT_SECRET",
+  "AUTH_JWT_PUBLIC_KEY",
+  "AUTH_JWKS_URL",
+] as const;
+
 /** Rules that tie settings together. */
 export const CROSS_CHECKS: readonly CrossCheck[] = [
+  // Each key source names the ones before it, so the rule names a variable
+  // that is set.
+  ...AUTH_KEY_SOURCES.slice(1).map((env, i) => {
+    const before = AUTH_KEY_SOURCES.slice(0, i + 1);
+    return {
+      env,
+      uses: [env, ...before],
+      test: (s: Readonly<Record<string, unknown>>) =>
+        s[env] === undefined || before.every((k) => s[k] === undefined),
+      expected: (s: Readonly<Record<string, unknown>>) =>
+        `no value with ${
+          before.filter((k) => s[k] !== undefined).join(" and ")
+        } set: set one key source`,
+    };
+  }),
+  ...(["AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE"] as const).map((env) => ({
+    env,
+    uses: [env, ...AUTH_KEY_SOURCES],
+    test: (s: Readonly<Record<string, unknown>>) =>
+      s[env] === undefined || AUTH_KEY_SOURCES.some((k) => s[k] !== undefined),
+    expected: () =>
+      `no value without a key (${AUTH_KEY_SOURCES.join(", ")}): ` +
+      "alone it would not turn authentication on",
+  })),
   {
     env: "DRAIN_DELAY_S",
     uses: ["DRAIN_DELAY_S", "SHUTDOWN_TIMEOUT_S"],
@@ -359,6 +492,54 @@ export function knownVariables(): readonly string[] {
  */
 export function suspectVariables(env: Env): readonly Misspelt[] {
   return misspelt(Object.keys(env), SCHEMA.known());
+}
+
+function isHttpUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return url.protocol === "https:" || url.protocol === "http:";
+  } catch {
+    return false;
+  }
+}
+
+/** A PEM public key, kept as normalised PEM once its type is known to be usable. */
+function publicKeySchema(): Schema<string> {
+  return v.pipe(
+    v.string(),
+    v.transform(normalisePem),
+    v.rawCheck(({ dataset, addIssue }) => {
+      try {
+        publicKeyAlgorithms(dataset.value as string);
+      } catch (error) {
+        addIssue({ message: (error as Error).message });
+      }
+    }),
+  );
+}
+
+/** Shows a PEM public key by what it verifies, for `sockeye config`. */
+function describePublicKey(raw: string): string {
+  try {
+    return `PEM public key (${
+      publicKeyAlgorithms(normalisePem(raw)).join(", ")
+    })`;
+  } catch {
+    return "PEM (not a usable public key)";
+  }
+}
+
+/** A comma-separated list of addresses and CIDRs, normalised. */
+function cidrListSchema(): Schema<readonly string[]> {
+  return v.pipe(
+    v.string(),
+    v.transform((s) => s.split(",").map((c) => c.trim()).filter((c) => c)),
+    v.check(
+      (list) => list.every((c) => normaliseCidr(c) !== undefined),
+      "a comma-separated list of addresses or CIDRs such as 10.0.0.0/8, fd00::/8",
+    ),
+    v.transform((list) => Object.freeze(list.map((c) => normaliseCidr(c)!))),
+  );
 }
 
 function isRedisUrl(value: string): boolean {

@@ -31,6 +31,11 @@ export interface LoadtestOptions {
   readonly timeoutS: number;
   /** Text each message carries. */
   readonly payload: string;
+  /**
+   * Bearer token sent with every handshake (`Authorization: Bearer`), for a
+   * server with authentication on.
+   */
+  readonly token?: string;
   /** Called about twice a second with a one-line progress summary. */
   readonly onProgress?: (line: string) => void;
 }
@@ -164,7 +169,13 @@ export async function runLoadtest(
   const connectOne = () =>
     new Promise<WebSocket | undefined>((resolve) => {
       const t0 = performance.now();
-      const ws = new WebSocket(options.url);
+      // Deno's WebSocket takes request headers (a browser's cannot: those
+      // send ?token= in the URL instead).
+      const ws = options.token === undefined
+        ? new WebSocket(options.url)
+        : new WebSocket(options.url, {
+          headers: { Authorization: `Bearer ${options.token}` },
+        });
       const timer = setTimeout(() => {
         fail("connect_timeout");
         ws.onopen = ws.onerror = null;
@@ -380,6 +391,11 @@ const LOADTEST = {
       default: "hello",
       doc: "message text",
     },
+    token: {
+      type: "string",
+      arg: "JWT",
+      doc: "send Authorization: Bearer JWT with every handshake",
+    },
     json: { type: "boolean", default: false, doc: "print the report as JSON" },
     "fail-on-error": {
       type: "boolean",
@@ -471,6 +487,7 @@ export async function loadtestCommand(
       holdS: num("hold", 0),
       timeoutS: num("timeout", 0.001),
       payload: values.payload,
+      token: values.token,
       onProgress: stderrIsTerminal()
         ? (line) =>
           stdio.writeStderrSync(new TextEncoder().encode(`\r\x1b[2K${line}`))

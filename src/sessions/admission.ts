@@ -11,14 +11,25 @@
  */
 import type { Lifecycle } from "../lifecycle.ts";
 import type { Settings } from "../settings.ts";
+import {
+  Authenticator,
+  AuthFailure,
+  AuthUnavailableError,
+  tokenFrom,
+} from "./auth.ts";
+import { limitKey } from "./client_address.ts";
+import { ClientLimits } from "./client_limits.ts";
 import { SUBPROTOCOL } from "./frames.ts";
 import { type HttpRefusal, REFUSALS } from "./refusals.ts";
+import { SessionIds } from "./session_ids.ts";
 import {
+  SessionForbiddenError,
   type SessionHandle,
   SessionLimitError,
   type SessionStore,
   StoreUnavailableError,
 } from "./store.ts";
+import { TokenExpiry } from "./token_expiry.ts";
 
 /** Session ids clients may choose (UUIDs match). */
 export const SESSION_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -33,6 +44,14 @@ export const SESSION_PARAMS = [
 /** The base64 encoding of 16 bytes: 22 characters and `==` (RFC 6455 §4.1). */
 const WEBSOCKET_KEY_RE = /^[A-Za-z0-9+/]{22}==$/;
 
+/** What a {@link Refused} adds to its cause's answer and log line. */
+export interface RefusedDetail {
+  /** Response headers over the cause's own, e.g. a computed `Retry-After`. */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Fields for the log line, e.g. `reason` (which token check failed). */
+  readonly fields?: Readonly<Record<string, unknown>>;
+}
+
 /** An upgrade refused before it happened: the cause, what to say, why. */
 export class Refused {
   /** The cause, with its status, label and headers. */
@@ -41,6 +60,10 @@ export class Refused {
   readonly message: string;
   /** The underlying error, for the log line. */
   readonly cause: unknown;
+  /** The response headers: the cause's, and any the detail adds. */
+  readonly headers: Readonly<Record<string, string>>;
+  /** Extra fields for the log line. */
+  readonly fields: Readonly<Record<string, unknown>>;
 
   /**
    * Creates the refusal.
@@ -48,22 +71,55 @@ export class Refused {
    * @param refusal A cause from {@link REFUSALS}.
    * @param message A more specific message than the cause's reason.
    * @param cause The underlying error, if any.
+   * @param detail Headers and log fields beyond the cause's.
    */
-  constructor(refusal: HttpRefusal, message?: string, cause?: unknown) {
+  constructor(
+    refusal: HttpRefusal,
+    message?: string,
+    cause?: unknown,
+    detail: RefusedDetail = {},
+  ) {
     this.refusal = refusal;
     this.message = message ?? refusal.reason;
     this.cause = cause;
+    this.headers = detail.headers === undefined
+      ? refusal.headers
+      : { ...refusal.headers, ...detail.headers };
+    this.fields = detail.fields ?? {};
   }
 }
 
 /** An upgrade that passed every check, its session attached. */
 export interface Admitted {
-  /** The session id (the client's, or a fresh UUID v4). */
+  /**
+   * The session id: the client's, or a fresh one (a UUID v4, or a MAC'd id
+   * with `SESSION_SECRET`).
+   */
   readonly sessionId: string;
   /** The attached session; release it if the upgrade fails after all. */
   readonly session: SessionHandle;
   /** Whether the client listed the `sockeye.v1` subprotocol. */
   readonly wantsSessionFrame: boolean;
+  /** The client's address (behind a trusted proxy, from `X-Forwarded-For`). */
+  readonly remoteAddr: string;
+  /** The token's subject, with authentication on. */
+  readonly userId: string | undefined;
+  /** When the token expires, in epoch ms; `undefined` without one or its `exp`. */
+  readonly expiresAt: number | undefined;
+  /**
+   * Arms the token's expiry for the open connection: `expire` runs once,
+   * within a second after `exp`, unless {@link Admitted.release} ran first.
+   * Nothing happens without an `exp`.
+   *
+   * @param expire Closes the connection (1008 `token expired`).
+   */
+  watch(expire: () => void): void;
+  /**
+   * Gives back what admission holds for the connection (its per-client slot,
+   * its place in the expiry schedule); call once the socket has closed, or
+   * when the upgrade fails after admission. Idempotent.
+   */
+  release(): void;
 }
 
 /** What admission reads. */
@@ -78,6 +134,11 @@ export interface AdmissionDeps {
   readonly store: SessionStore;
   /** The effective `MAX_CONNECTIONS`; 0 is unlimited. */
   readonly maxConnections: number;
+  /**
+   * Verifies tokens; by default the one the settings ask for (none leaves
+   * authentication off).
+   */
+  readonly auth?: Authenticator;
 }
 
 /**
@@ -89,6 +150,18 @@ export interface AdmissionDeps {
  *   {@link SESSION_ID_RE}.
  */
 export function sessionIdFrom(url: URL): string | Refused {
+  const requested = requestedSessionId(url);
+  if (requested instanceof Refused) return requested;
+  return requested?.value ?? crypto.randomUUID();
+}
+
+/** The session id a client asked for, and the parameter that named it. */
+interface RequestedId {
+  readonly name: string;
+  readonly value: string;
+}
+
+function requestedSessionId(url: URL): RequestedId | Refused | undefined {
   for (const name of SESSION_PARAMS) {
     const value = url.searchParams.get(name);
     if (value === null || value === "") continue;
@@ -98,9 +171,9 @@ export function sessionIdFrom(url: URL): string | Refused {
         `Cannot use ${name}: expected 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'`,
       );
     }
-    return value;
+    return { name, value };
   }
-  return crypto.randomUUID();
+  return undefined;
 }
 
 /**
@@ -141,26 +214,47 @@ export function checkHandshake(headers: Headers): Refused | undefined {
 /** Admits upgrades; one per server. */
 export class Admission {
   readonly #deps: AdmissionDeps;
-  /** Upgrades waiting on the store: they count toward `MAX_CONNECTIONS`. */
+  readonly #auth: Authenticator | undefined;
+  readonly #ids: SessionIds;
+  readonly #limits: ClientLimits;
+  readonly #limitsOn: boolean;
+  readonly #expiry = new TokenExpiry();
+  /** Upgrades being admitted (token, store): they count toward `MAX_CONNECTIONS`. */
   #attaching = 0;
 
   /**
-   * Creates the gate; it starts nothing.
+   * Creates the gate; it starts nothing (a key set is fetched at the first
+   * token, the expiry tick runs only while a token waits to expire).
    *
    * @param deps Settings, lifecycle, socket count, store and limit.
    */
   constructor(deps: AdmissionDeps) {
+    const { settings } = deps;
     this.#deps = deps;
+    this.#auth = deps.auth ?? Authenticator.fromSettings(settings);
+    this.#ids = new SessionIds(settings.sessionSecret);
+    this.#limits = new ClientLimits({
+      connectRatePerS: settings.connectRateLimitPerS,
+      maxConnectionsPerClient: settings.maxConnectionsPerClient,
+    });
+    this.#limitsOn = settings.connectRateLimitPerS > 0 ||
+      settings.maxConnectionsPerClient > 0;
+  }
+
+  /** How tokens are verified (`secret`, `public_key`, `jwks`), or `off`. */
+  get authentication(): "off" | Authenticator["kind"] {
+    return this.#auth?.kind ?? "off";
   }
 
   /**
    * Runs every check and attaches the session.
    *
    * @param req The upgrade request.
+   * @param remoteAddr The client's address (see `TrustedProxies`).
    * @returns The admitted upgrade, or why it is refused.
    */
-  async admit(req: Request): Promise<Admitted | Refused> {
-    const { settings, lifecycle, store, maxConnections } = this.#deps;
+  async admit(req: Request, remoteAddr: string): Promise<Admitted | Refused> {
+    const { settings, lifecycle, maxConnections } = this.#deps;
     const handshake = checkHandshake(req.headers);
     if (handshake !== undefined) return handshake;
     if (!lifecycle.acceptingUpgrades) return new Refused(REFUSALS.draining);
@@ -183,13 +277,98 @@ export class Admission {
     ) {
       return new Refused(REFUSALS.maxConnections);
     }
-    const sessionId = sessionIdFrom(new URL(req.url));
-    if (sessionId instanceof Refused) return sessionId;
-    let session: SessionHandle;
+    // Before the token: a flood of bad tokens must not cost a signature
+    // check each.
+    const addressKey = this.#limitsOn ? limitKey(remoteAddr) : remoteAddr;
+    const wait = this.#limits.takeConnect(addressKey);
+    if (wait > 0) {
+      return new Refused(REFUSALS.connectRateLimited, undefined, undefined, {
+        headers: { "Retry-After": String(wait) },
+      });
+    }
+    const url = new URL(req.url);
+    const requested = requestedSessionId(url);
+    if (requested instanceof Refused) return requested;
     this.#attaching++;
     try {
-      session = await store.attach(sessionId);
+      return await this.#admitClient(req, url, requested, {
+        remoteAddr,
+        addressKey,
+      });
+    } finally {
+      this.#attaching--;
+    }
+  }
+
+  /** The client's own checks: token, session id, per-client cap, store. */
+  async #admitClient(
+    req: Request,
+    url: URL,
+    requested: RequestedId | undefined,
+    client: { remoteAddr: string; addressKey: string },
+  ): Promise<Admitted | Refused> {
+    let subject: string | undefined;
+    let expiresAt: number | undefined;
+    if (this.#auth !== undefined) {
+      let verdict;
+      try {
+        verdict = await this.#auth.verify(tokenFrom(req.headers, url));
+      } catch (error) {
+        return new Refused(
+          error instanceof AuthUnavailableError
+            ? REFUSALS.authUnavailable
+            : REFUSALS.internalUpgrade,
+          undefined,
+          error,
+        );
+      }
+      if (verdict instanceof AuthFailure) {
+        return new Refused(
+          verdict.reason === "missing"
+            ? REFUSALS.tokenMissing
+            : REFUSALS.tokenInvalid,
+          verdict.message,
+          undefined,
+          { fields: { reason: verdict.reason } },
+        );
+      }
+      ({ subject, expiresAt } = verdict);
+    }
+    const userFields = subject === undefined ? {} : { user_id: subject };
+    let sessionId: string;
+    if (requested === undefined) sessionId = this.#ids.issue(subject);
+    else if (this.#ids.verify(requested.value, subject)) {
+      sessionId = requested.value;
+    } else if (subject !== undefined) {
+      // Not issued to this subject: issued to another, or never. The answer
+      // is the same either way, and the store is not asked.
+      return new Refused(REFUSALS.sessionForbidden, undefined, undefined, {
+        fields: userFields,
+      });
+    } else {
+      return new Refused(
+        REFUSALS.invalidSessionId,
+        `Cannot use ${requested.name}: not a session id this server issued`,
+      );
+    }
+    const releaseSlot = this.#limits.acquire(
+      subject === undefined ? client.addressKey : `sub:${subject}`,
+    );
+    if (releaseSlot === undefined) {
+      return new Refused(REFUSALS.tooManyConnections, undefined, undefined, {
+        fields: userFields,
+      });
+    }
+    let session: SessionHandle;
+    try {
+      session = await this.#deps.store.attach(sessionId, subject);
     } catch (error) {
+      releaseSlot();
+      if (error instanceof SessionForbiddenError) {
+        return new Refused(REFUSALS.sessionForbidden, undefined, undefined, {
+          fields: userFields,
+        });
+      }
       return new Refused(
         error instanceof SessionLimitError
           ? REFUSALS.maxSessions
@@ -199,15 +378,28 @@ export class Admission {
         undefined,
         error,
       );
-    } finally {
-      this.#attaching--;
     }
+    let cancelExpiry: (() => void) | undefined;
+    let released = false;
     return {
       sessionId,
       session,
       wantsSessionFrame: wantsSubprotocol(
         req.headers.get("sec-websocket-protocol"),
       ),
+      remoteAddr: client.remoteAddr,
+      userId: subject,
+      expiresAt,
+      watch: (expire) => {
+        if (expiresAt === undefined || released) return;
+        cancelExpiry = this.#expiry.add(expiresAt, expire);
+      },
+      release: () => {
+        if (released) return;
+        released = true;
+        releaseSlot();
+        cancelExpiry?.();
+      },
     };
   }
 }

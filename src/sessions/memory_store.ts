@@ -19,6 +19,7 @@
  */
 import { type Timer, unrefTimer } from "../platform.ts";
 import {
+  SessionForbiddenError,
   type SessionHandle,
   SessionLimitError,
   type SessionStore,
@@ -27,6 +28,8 @@ import {
 interface SessionRecord {
   readonly id: string;
   count: number;
+  /** The subject that created it, with authentication on. */
+  readonly owner: string | undefined;
   /** Connections holding the session; it cannot expire or be evicted while above 0. */
   holders: number;
   /** `performance.now()` after which a released session is gone. */
@@ -146,14 +149,23 @@ export class MemorySessionStore implements SessionStore {
    * Attaches a connection, creating the session when missing or expired.
    *
    * @param id A session id matching `^[A-Za-z0-9_-]{1,64}$`.
+   * @param owner The token subject connecting, with authentication on.
    * @returns The connection's handle.
    * @throws {SessionLimitError} When the session is new and every one of
    *   `maxSessions` stored sessions is held by an open socket.
+   * @throws {SessionForbiddenError} When `owner` is given and the live
+   *   session has another owner or none.
    */
-  attach(id: string): SessionHandle {
+  attach(id: string, owner?: string): SessionHandle {
     const now = performance.now();
     let record = this.#sessions.get(id);
     if (record !== undefined) {
+      if (
+        owner !== undefined && record.owner !== owner &&
+        (record.holders > 0 || record.expiresAt > now)
+      ) {
+        throw new SessionForbiddenError();
+      }
       if (record.holders === 0) {
         this.#unlink(record);
         if (record.expiresAt <= now) {
@@ -172,6 +184,7 @@ export class MemorySessionStore implements SessionStore {
     record = {
       id,
       count: 0,
+      owner,
       holders: 1,
       expiresAt: 0,
       older: null,

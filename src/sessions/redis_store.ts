@@ -86,6 +86,7 @@ import type { Logger } from "@logtape/logtape";
 import { redactUrl } from "../settings.ts";
 import { type Timer, unrefTimer } from "../platform.ts";
 import {
+  SessionForbiddenError,
   type SessionHandle,
   type SessionStore,
   StoreUnavailableError,
@@ -93,6 +94,12 @@ import {
 
 /** Key prefix of every session: `sockeye:session:<id>`. */
 export const KEY_PREFIX = "sockeye:session:";
+
+/**
+ * Key prefix of a session's owner, `sockeye:owner:<id>`: the token subject
+ * that created it, written with the count by the attach script.
+ */
+export const OWNER_PREFIX = "sockeye:owner:";
 
 /** Key prefix of each store's ring of batch records. */
 export const BATCHES_PREFIX = "sockeye:batches:";
@@ -175,11 +182,24 @@ for i, key in ipairs(KEYS) do
 end
 return out`;
 
-// Creates the session at 0 when missing; answers {created, count}.
+// KEYS[1] is the count, KEYS[2] the owner; ARGV: TTL ms, owner ('' without
+// authentication), owner TTL ms. Creates the session at 0 when missing, its
+// owner with it (a stale owner key is dropped); an existing session attaches
+// only for its owner when one is given. Answers {created, count}, or
+// {-1, ''} for another subject's session, changing nothing.
 const ATTACH_SCRIPT = `
 local created = redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1])
-if not created then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {created and 1 or 0, redis.call('GET', KEYS[1])}`;
+if created then
+  if ARGV[2] == '' then redis.call('DEL', KEYS[2])
+  else redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
+  return {1, '0'}
+end
+if ARGV[2] ~= '' then
+  if redis.call('GET', KEYS[2]) ~= ARGV[2] then return {-1, ''} end
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return {0, redis.call('GET', KEYS[1])}`;
 
 interface SessionCommands {
   sockeyeIncrementMany(
@@ -195,7 +215,13 @@ interface SessionCommands {
     numKeys: number,
     ...keysThenArgs: Array<string | number>
   ): Promise<number[] | number>;
-  sockeyeAttach(key: string, ttlMs: number): Promise<[number, string]>;
+  sockeyeAttach(
+    key: string,
+    ownerKey: string,
+    ttlMs: number,
+    owner: string,
+    ownerTtlMs: number,
+  ): Promise<[number, string]>;
 }
 
 type SessionRedis = Redis & SessionCommands;
@@ -527,6 +553,13 @@ export class RedisSessionStore implements SessionStore {
   readonly kind = "redis" as const;
   readonly #redis: SessionRedis;
   readonly #ttlMs: number;
+  /**
+   * An owner key outlives its count: twice the TTL (and the refresh
+   * interval's slack), so while a count exists so does its owner.
+   */
+  readonly #ownerTtlMs: number;
+  /** Set once a session was attached with an owner: their keys are refreshed too. */
+  #owners = false;
   readonly #log: Logger;
   readonly #events: RedisStoreEvents;
   /** Session id → connections holding it here; their TTL is refreshed. */
@@ -572,6 +605,7 @@ export class RedisSessionStore implements SessionStore {
     options: RedisOptions = {},
   ) {
     this.#ttlMs = Math.max(1, Math.round(ttlS * 1000));
+    this.#ownerTtlMs = 2 * this.#ttlMs + 2 * 1000;
     this.#log = log.with({ redis_url: redactUrl(url) });
     this.#events = events;
     this.#redis = new Redis(url, {
@@ -597,7 +631,7 @@ export class RedisSessionStore implements SessionStore {
     });
     this.#redis.defineCommand("sockeyeWithdraw", { lua: WITHDRAW_SCRIPT });
     this.#redis.defineCommand("sockeyeAttach", {
-      numberOfKeys: 1,
+      numberOfKeys: 2,
       lua: ATTACH_SCRIPT,
     });
     const recordTtlMs = Math.max(this.#ttlMs, 10 * COMMAND_TIMEOUT_MS);
@@ -659,18 +693,26 @@ export class RedisSessionStore implements SessionStore {
     return this.#up;
   }
 
-  async attach(id: string): Promise<SessionHandle> {
+  async attach(id: string, owner?: string): Promise<SessionHandle> {
     if (!this.#up) throw this.#downError;
     const key = KEY_PREFIX + id;
+    if (owner !== undefined) this.#owners = true;
     let reply: [number, string];
     try {
       reply = await timed(
-        this.#redis.sockeyeAttach(key, this.#ttlMs),
+        this.#redis.sockeyeAttach(
+          key,
+          OWNER_PREFIX + id,
+          this.#ttlMs,
+          owner ?? "",
+          this.#ownerTtlMs,
+        ),
         "ATTACH",
       );
     } catch (error) {
       throw this.#failure(error);
     }
+    if (reply[0] === -1) throw new SessionForbiddenError();
     const count = parseCount(reply[1], key);
     this.#held.set(id, (this.#held.get(id) ?? 0) + 1);
     return new RedisHandle(this, id, count, reply[0] === 0);
@@ -699,7 +741,13 @@ export class RedisSessionStore implements SessionStore {
     if (holders > 0) this.#held.set(id, holders);
     else this.#held.delete(id);
     if (!this.#up || this.#closed) return;
-    this.#redis.pexpire(KEY_PREFIX + id, this.#ttlMs).catch((error) => {
+    const refreshed = this.#owners
+      ? this.#redis.multi()
+        .pexpire(KEY_PREFIX + id, this.#ttlMs)
+        .pexpire(OWNER_PREFIX + id, this.#ownerTtlMs)
+        .exec()
+      : this.#redis.pexpire(KEY_PREFIX + id, this.#ttlMs);
+    refreshed.catch((error) => {
       this.#log.debug("Cannot refresh session TTL: {error}", { error });
     });
   }
@@ -969,6 +1017,7 @@ export class RedisSessionStore implements SessionStore {
     const pipeline = this.#redis.pipeline();
     for (const id of this.#held.keys()) {
       pipeline.pexpire(KEY_PREFIX + id, this.#ttlMs);
+      if (this.#owners) pipeline.pexpire(OWNER_PREFIX + id, this.#ownerTtlMs);
     }
     pipeline.exec().catch((error) => {
       this.#log.debug("Cannot refresh held sessions: {error}", { error });

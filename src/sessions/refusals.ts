@@ -21,7 +21,7 @@ export const CloseCode = {
   protocolError: 1002,
   /** 1003: unsupported data (binary frame). */
   unsupportedData: 1003,
-  /** 1008: policy violation (rate limit, slow consumer). */
+  /** 1008: policy violation (rate limit, slow consumer, token expired). */
   policyViolation: 1008,
   /** 1009: message too big. */
   messageTooBig: 1009,
@@ -169,6 +169,11 @@ export const REFUSALS: Refusals = Object.freeze({
     "slow_consumer",
     "slow consumer",
   ),
+  tokenExpired: close(
+    CloseCode.policyViolation,
+    "token_expired",
+    "token expired",
+  ),
   idleTimeout: close(
     CloseCode.goingAway,
     "idle_timeout",
@@ -218,6 +223,43 @@ export const REFUSALS: Refusals = Object.freeze({
     "Cannot use the session id: expected 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'",
   ),
   originNotAllowed: http(403, "origin_not_allowed", "Origin is not allowed"),
+  // RFC 6750 §3.1: a request without credentials gets no error code.
+  tokenMissing: http(
+    401,
+    "unauthorized",
+    "Authentication required: send a bearer token",
+    { "WWW-Authenticate": 'Bearer realm="sockeye"' },
+  ),
+  tokenInvalid: http(
+    401,
+    "unauthorized",
+    "Invalid token",
+    { "WWW-Authenticate": 'Bearer error="invalid_token"' },
+  ),
+  sessionForbidden: http(
+    403,
+    "session_forbidden",
+    "Cannot use the session id: it is not this subject's",
+  ),
+  connectRateLimited: http(
+    429,
+    "connect_rate_limited",
+    "Too many connection attempts from this client",
+    RETRY_SOON,
+  ),
+  tooManyConnections: http(
+    429,
+    "too_many_connections",
+    "Too many open connections for this client",
+    { "Retry-After": "5" },
+  ),
+  authUnavailable: http(
+    503,
+    "auth_unavailable",
+    "Cannot verify tokens now",
+    { "Retry-After": "5" },
+    "error",
+  ),
   draining: http(503, "draining", "Server is shutting down", RETRY_SOON),
   memoryPressure: http(
     503,

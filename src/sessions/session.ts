@@ -82,6 +82,10 @@ export interface ConnectionInfo {
   readonly requestId: string;
   /** Whether the client asked for the `sockeye.v1` subprotocol. */
   readonly wantsSessionFrame: boolean;
+  /** The token's subject, with authentication on (`user_id`, `enduser.id`). */
+  readonly userId?: string;
+  /** Called once after the socket closed and its session was released. */
+  readonly onClose?: () => void;
 }
 
 /** A token bucket holding one second's worth of frames. */
@@ -178,6 +182,7 @@ export class Connection {
       "sockeye.connection.id": this.id,
       "client.address": info.remoteAddr,
       "user_agent.original": info.userAgent,
+      ...(info.userId !== undefined && { "enduser.id": info.userId }),
     });
     this.log = deps.log.with({
       connection_id: this.id,
@@ -185,6 +190,7 @@ export class Connection {
       request_id: info.requestId,
       remote_addr: info.remoteAddr,
       user_agent: info.userAgent,
+      ...(info.userId !== undefined && { user_id: info.userId }),
       ...(span && logIds(span)),
     });
     // 0 unless this connection is traced: one comparison per frame when off.
@@ -306,6 +312,7 @@ export class Connection {
       this.#done = true;
       this.closing = true;
       session.release();
+      info.onClose?.();
       // The code this server sent wins; Deno reports 0 for a connection that
       // ended without a close frame, which RFC 6455 §7.1.5 calls 1006.
       const code = this.#sentCode ?? (event.code === 0 ? 1006 : event.code);

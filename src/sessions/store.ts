@@ -42,13 +42,20 @@ export interface SessionStore {
   readonly available: boolean;
   /**
    * Attaches a connection to a session, creating it when missing or expired.
+   * With an owner (authentication on), a new session is stored with it,
+   * atomically with its count, and an existing one attaches only for the
+   * same owner.
    *
    * @param id A session id matching `^[A-Za-z0-9_-]{1,64}$`.
+   * @param owner The token subject connecting, with authentication on.
    * @returns The connection's handle.
    * @throws {StoreUnavailableError} When the store cannot answer.
    * @throws {SessionLimitError} When the session is new and the store is full.
+   * @throws {SessionForbiddenError} When `owner` is given and the session
+   *   exists with another owner or none (it was created without
+   *   authentication).
    */
-  attach(id: string): SessionHandle | Promise<SessionHandle>;
+  attach(id: string, owner?: string): SessionHandle | Promise<SessionHandle>;
   /**
    * Readiness check.
    *
@@ -88,5 +95,17 @@ export class SessionLimitError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "SessionLimitError";
+  }
+}
+
+/**
+ * The session belongs to another subject (or to none): answered with HTTP
+ * 403 `session_forbidden` before the upgrade, saying nothing about it.
+ */
+export class SessionForbiddenError extends Error {
+  /** Creates the error. */
+  constructor() {
+    super("Cannot attach the session: it belongs to another subject");
+    this.name = "SessionForbiddenError";
   }
 }
