@@ -104,6 +104,20 @@ const RETRY_SOON = { "Retry-After": "1" };
 
 /** Every cause, by name (see {@link REFUSALS}). */
 export interface Refusals {
+  /** The token's `exp` passed on an open socket: 1008. */
+  readonly tokenExpired: CloseRefusal;
+  /** Authentication on and no token: 401. */
+  readonly tokenMissing: HttpRefusal;
+  /** A token that fails a check: 401. */
+  readonly tokenInvalid: HttpRefusal;
+  /** Another subject's session: 403. */
+  readonly sessionForbidden: HttpRefusal;
+  /** Over `CONNECT_RATE_LIMIT_PER_S` for the client: 429. */
+  readonly connectRateLimited: HttpRefusal;
+  /** At `MAX_CONNECTIONS_PER_CLIENT`: 429. */
+  readonly tooManyConnections: HttpRefusal;
+  /** The key set cannot be fetched: 503. */
+  readonly authUnavailable: HttpRefusal;
   /** A binary frame: 1003. */
   readonly binaryFrame: CloseRefusal;
   /** A text frame over `MAX_MESSAGE_BYTES`: 1009. */
