@@ -27,6 +27,8 @@ export const CloseCode = {
   messageTooBig: 1009,
   /** 1011: internal error. */
   internalError: 1011,
+  /** 4001 (private use, RFC 6455 §7.4.2): an operator ended the session. */
+  operatorDisconnect: 4001,
 } as const;
 
 /** A cause answered by closing an open socket. */
@@ -140,6 +142,11 @@ export const REFUSALS = Object.freeze({
     "internal",
     "internal error",
     "error",
+  ),
+  operatorDisconnect: close(
+    CloseCode.operatorDisconnect,
+    "operator_disconnect",
+    "disconnected by operator",
   ),
   storeUnavailableFrame: Object.freeze(
     {
