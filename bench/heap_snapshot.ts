@@ -23,22 +23,17 @@ const sockets = Number(Deno.args[0] ?? 5000);
 const server = await startServer(
   parseSettings({ PORT: "0", HOST: "127.0.0.1" }),
 );
+const loadtest = {
+  url: `ws://127.0.0.1:${server.port}/ws/chat/`,
+  connections: sockets,
+  messages: 2,
+  hold: 120,
+  timeout: 180,
+};
 const load = new Deno.Command(Deno.execPath(), {
   args: [
-    "run",
-    "-A",
-    `${ROOT}main.ts`,
-    "loadtest",
-    "--url",
-    `ws://127.0.0.1:${server.port}/ws/chat/`,
-    "-c",
-    String(sockets),
-    "-n",
-    "2",
-    "--hold",
-    "120",
-    "--timeout",
-    "180",
+    ...["run", "-A", `${ROOT}main.ts`, "loadtest"],
+    ...Object.entries(loadtest).flatMap(([k, v]) => [`--${k}`, String(v)]),
   ],
   stdout: "null",
   stderr: "null",

@@ -429,22 +429,17 @@ export function isLoopback(host: string): boolean {
     /^127(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/.test(h);
 }
 
-function isHttpUrl(value: string): boolean {
-  try {
-    const url = new URL(value);
-    return url.protocol === "http:" || url.protocol === "https:";
-  } catch {
-    return false;
-  }
+/** Whether `value` is a URL with one of `schemes` (e.g. `redis:`). */
+function urlWith(value: string, schemes: readonly string[]): boolean {
+  return URL.canParse(value) && schemes.includes(new URL(value).protocol);
 }
 
 function isRedisUrl(value: string): boolean {
-  try {
-    const url = new URL(value);
-    return url.protocol === "redis:" || url.protocol === "rediss:";
-  } catch {
-    return false;
-  }
+  return urlWith(value, ["redis:", "rediss:"]);
+}
+
+function isHttpUrl(value: string): boolean {
+  return urlWith(value, ["http:", "https:"]);
 }
 
 /**

@@ -38,6 +38,23 @@ async function run(cmd: string, args: string[], cwd = ROOT) {
   return { code: out.code, text };
 }
 
+/** Waits until `url` answers 2xx (a server that takes a while to start). */
+async function untilReady(url: string, what: string): Promise<void> {
+  await until(
+    async () => {
+      try {
+        const res = await fetch(url);
+        await res.body?.cancel();
+        return res.ok;
+      } catch {
+        return false;
+      }
+    },
+    what,
+    { timeoutMs: 30_000, intervalMs: 100 },
+  );
+}
+
 function readYaml(path: string): Record<string, unknown> {
   // Compose files use YAML merge keys (`<<: *app`).
   return parseYaml(Deno.readTextFileSync(path), { merge: true });
@@ -291,18 +308,9 @@ Deno.test("a live Prometheus scraping sockeye returns data for every panel and a
       bin.ws.send(new Uint8Array([1]));
       await bin.closed;
     }
-    await until(
-      async () => {
-        try {
-          const res = await fetch(`http://127.0.0.1:${promPort}/-/ready`);
-          await res.body?.cancel();
-          return res.ok;
-        } catch {
-          return false;
-        }
-      },
+    await untilReady(
+      `http://127.0.0.1:${promPort}/-/ready`,
       "Prometheus ready",
-      { timeoutMs: 30_000, intervalMs: 100 },
     );
     const query = async (expr: string) => {
       const res = await fetch(`${api}/query?query=${encodeURIComponent(expr)}`);
@@ -705,18 +713,9 @@ Deno.test("Alertmanager's notifications reach the shipped webhook receiver, crit
     stderr: "null",
   }).spawn();
   try {
-    await until(
-      async () => {
-        try {
-          const res = await fetch(`http://127.0.0.1:${amPort}/-/ready`);
-          await res.body?.cancel();
-          return res.ok;
-        } catch {
-          return false;
-        }
-      },
+    await untilReady(
+      `http://127.0.0.1:${amPort}/-/ready`,
       "Alertmanager ready",
-      { timeoutMs: 20_000, intervalMs: 100 },
     );
     const res = await fetch(`http://127.0.0.1:${amPort}/api/v2/alerts`, {
       method: "POST",

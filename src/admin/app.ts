@@ -25,22 +25,9 @@ import { REFUSALS } from "../sessions/refusals.ts";
 import type { Connection } from "../sessions/session.ts";
 import { type SessionStore, StoreUnavailableError } from "../sessions/store.ts";
 import type { LogLevelControl, Requester } from "./log_level.ts";
+import type { Profile } from "pprof-format";
 import { cpuToPprof, encodeGzipped, heapToPprof } from "./pprof.ts";
-import { type Profiler, ProfilerBusyError } from "./profiler.ts";
-
-/** What the admin API works with. */
-export interface AdminDeps {
-  /** Parsed settings (`ADMIN_TOKEN`). */
-  readonly settings: Settings;
-  /** The open connections. */
-  readonly hub: Hub;
-  /** Where sessions are stored, for `?forget=true`. */
-  readonly store: SessionStore;
-  /** The run-time log level. */
-  readonly logLevel: LogLevelControl;
-  /** On-demand profiles. */
-  readonly profiler: Profiler;
-}
+import { type Profiler, ProfilerBusyError, type Taken } from "./profiler.ts";
 
 /** Most connections one page of `GET /admin/connections` lists. */
 export const MAX_PAGE = 1000;
@@ -57,7 +44,27 @@ export const DEFAULT_PROFILE_S = 10;
  */
 export const FORGET_WAIT_MS = 2000;
 
+/** What the admin API works with. */
+export interface AdminDeps {
+  /** Parsed settings (`ADMIN_TOKEN`). */
+  readonly settings: Settings;
+  /** The open connections. */
+  readonly hub: Hub;
+  /** Where sessions are stored, for `?forget=true`. */
+  readonly store: SessionStore;
+  /** The run-time log level. */
+  readonly logLevel: LogLevelControl;
+  /** On-demand profiles. */
+  readonly profiler: Profiler;
+}
+
 type C = Context<AppEnv>;
+
+/** A profile just taken, and how to turn it into pprof. */
+interface Recorded {
+  readonly taken: Taken<{ samples?: readonly unknown[] }>;
+  readonly pprof: () => Profile;
+}
 
 const LEVEL_BODY = v.object({
   level: v.pipe(
@@ -197,42 +204,79 @@ export function adminRoutes(app: Hono<AppEnv>, deps: AdminDeps): void {
     return c.json({ session_id: id, disconnected: closed.length, forgotten });
   });
 
-  app.get("/debug/pprof/profile", async (c) => {
-    const seconds = intParam(c, "seconds", DEFAULT_PROFILE_S, 1, MAX_PROFILE_S);
-    const format = formatParam(c, "cpuprofile");
-    // A client that leaves early does not end the profile (reading the
-    // request's abort signal switches Deno.serve to a legacy mode): it runs
-    // at most MAX_PROFILE_S, and the drain ends it.
-    const taken = await busyAs409(() => profiler.cpu(seconds));
-    const body = format === "pprof"
-      ? await encodeGzipped(cpuToPprof(taken))
-      : new TextEncoder().encode(JSON.stringify(taken.profile));
-    audit.info("CPU profile taken ({seconds} s, {format})", {
-      seconds: (taken.endedAt - taken.startedAt) / 1000,
-      format,
-      bytes: body.length,
-      samples: taken.profile.samples?.length ?? 0,
-      ...who(c),
+  // CPU and heap profiles: the same parameters, answers and audit line.
+  const kinds = [
+    kindOf(
+      "/debug/pprof/profile",
+      "CPU",
+      "cpuprofile",
+      profiler.cpu,
+      cpuToPprof,
+    ),
+    kindOf(
+      "/debug/pprof/heap",
+      "Heap",
+      "heapprofile",
+      profiler.heap,
+      heapToPprof,
+    ),
+  ];
+  for (const kind of kinds) {
+    app.get(kind.path, async (c) => {
+      const seconds = intParam(
+        c,
+        "seconds",
+        DEFAULT_PROFILE_S,
+        1,
+        MAX_PROFILE_S,
+      );
+      const format = formatParam(c, kind.v8);
+      // A client that leaves early does not end the profile (reading the
+      // request's abort signal switches Deno.serve to a legacy mode): it
+      // runs at most MAX_PROFILE_S, and the drain ends it.
+      let recorded: Recorded;
+      try {
+        recorded = await kind.take(seconds);
+      } catch (error) {
+        if (!(error instanceof ProfilerBusyError)) throw error;
+        throw new HttpError(409, error.message, { cause: error });
+      }
+      const { taken, pprof } = recorded;
+      const body = format === "pprof"
+        ? await encodeGzipped(pprof())
+        : new TextEncoder().encode(JSON.stringify(taken.profile));
+      audit.info(`${kind.what} profile taken ({seconds} s, {format})`, {
+        seconds: (taken.endedAt - taken.startedAt) / 1000,
+        format,
+        bytes: body.length,
+        samples: taken.profile.samples?.length ?? 0,
+        ...who(c),
+      });
+      const gz = format === "pprof";
+      return c.body(body as Uint8Array<ArrayBuffer>, 200, {
+        "Content-Type": gz ? "application/octet-stream" : "application/json",
+        "Content-Disposition": `attachment; filename="${kind.file}.${
+          gz ? "pb.gz" : format
+        }"`,
+      });
     });
-    return download(c, body, format, "sockeye-cpu");
-  });
+  }
+}
 
-  app.get("/debug/pprof/heap", async (c) => {
-    const seconds = intParam(c, "seconds", DEFAULT_PROFILE_S, 1, MAX_PROFILE_S);
-    const format = formatParam(c, "heapprofile");
-    const taken = await busyAs409(() => profiler.heap(seconds));
-    const body = format === "pprof"
-      ? await encodeGzipped(heapToPprof(taken))
-      : new TextEncoder().encode(JSON.stringify(taken.profile));
-    audit.info("Heap profile taken ({seconds} s, {format})", {
-      seconds: (taken.endedAt - taken.startedAt) / 1000,
-      format,
-      bytes: body.length,
-      samples: taken.profile.samples.length,
-      ...who(c),
-    });
-    return download(c, body, format, "sockeye-heap");
-  });
+/** A kind of profile: its route, name, V8 format and how it is taken. */
+function kindOf<P extends { samples?: readonly unknown[] }>(
+  path: string,
+  what: string,
+  v8: string,
+  record: (seconds: number) => Promise<Taken<P>>,
+  convert: (taken: Taken<P>) => Profile,
+) {
+  const file = `sockeye-${what.toLowerCase()}`;
+  const take = async (seconds: number): Promise<Recorded> => {
+    const taken = await record(seconds);
+    return { taken, pprof: () => convert(taken) };
+  };
+  return { path, what, file, v8, take };
 }
 
 /** One connection as `GET /admin/connections` lists it. */
@@ -314,31 +358,6 @@ function formatParam<F extends string>(c: C, v8: F): "pprof" | F {
     400,
     `Cannot use format "${raw}": expected pprof or ${v8}`,
   );
-}
-
-async function busyAs409<T>(take: () => Promise<T>): Promise<T> {
-  try {
-    return await take();
-  } catch (error) {
-    if (error instanceof ProfilerBusyError) {
-      throw new HttpError(409, error.message, { cause: error });
-    }
-    throw error;
-  }
-}
-
-function download(
-  c: C,
-  body: Uint8Array,
-  format: string,
-  name: string,
-): Response {
-  const pprof = format === "pprof";
-  const file = pprof ? `${name}.pb.gz` : `${name}.${format}`;
-  return c.body(body as Uint8Array<ArrayBuffer>, 200, {
-    "Content-Type": pprof ? "application/octet-stream" : "application/json",
-    "Content-Disposition": `attachment; filename="${file}"`,
-  });
 }
 
 /** Waits until every socket has fired `close`, or `ms` passed. */

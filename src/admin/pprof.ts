@@ -63,10 +63,35 @@ class Frames {
     return id;
   }
 
-  valueType(type: string, unit: string): ValueType {
+  /** A `type/unit` pair as pprof's value type. */
+  valueType(typeAndUnit: string): ValueType {
+    const [type, unit] = typeAndUnit.split("/");
     return new ValueType({
-      type: this.strings.dedup(type),
-      unit: this.strings.dedup(unit),
+      type: this.strings.dedup(type!),
+      unit: this.strings.dedup(unit!),
+    });
+  }
+
+  /**
+   * The profile of these frames and samples: `types` as `type/unit`, the
+   * period as `[type/unit, value]`; time and duration from `taken`.
+   */
+  profile(
+    taken: Taken<unknown>,
+    types: readonly string[],
+    sample: Sample[],
+    [periodType, period]: [string, number],
+  ): Profile {
+    return new Profile({
+      sampleType: types.map((t) => this.valueType(t)),
+      sample,
+      location: this.locations,
+      function: this.functions,
+      stringTable: this.strings,
+      timeNanos: BigInt(Math.round(taken.startedAt)) * 1_000_000n,
+      durationNanos: Math.round((taken.endedAt - taken.startedAt) * 1e6),
+      periodType: this.valueType(periodType),
+      period,
     });
   }
 }
@@ -122,20 +147,11 @@ export function cpuToPprof(taken: Taken<CpuProfile>): Profile {
       new Sample({ locationId: stack, value: [n, Math.round(us * 1000)] }),
     );
   }
-  return new Profile({
-    sampleType: [
-      frames.valueType("samples", "count"),
-      frames.valueType("cpu", "nanoseconds"),
-    ],
-    sample,
-    location: frames.locations,
-    function: frames.functions,
-    stringTable: frames.strings,
-    timeNanos: BigInt(Math.round(taken.startedAt)) * 1_000_000n,
-    durationNanos: Math.round((profile.endTime - profile.startTime) * 1000),
-    periodType: frames.valueType("cpu", "nanoseconds"),
-    period: interval * 1000,
-  });
+  const types = ["samples/count", "cpu/nanoseconds"];
+  return frames.profile(taken, types, sample, [
+    "cpu/nanoseconds",
+    interval * 1000,
+  ]);
 }
 
 /**
@@ -172,20 +188,8 @@ export function heapToPprof(taken: Taken<HeapProfile>): Profile {
     for (const child of node.children) visit(child, here);
   };
   visit(profile.head, []);
-  return new Profile({
-    sampleType: [
-      frames.valueType("inuse_objects", "count"),
-      frames.valueType("inuse_space", "bytes"),
-    ],
-    sample,
-    location: frames.locations,
-    function: frames.functions,
-    stringTable: frames.strings,
-    timeNanos: BigInt(Math.round(taken.startedAt)) * 1_000_000n,
-    durationNanos: Math.round((taken.endedAt - taken.startedAt) * 1e6),
-    periodType: frames.valueType("space", "bytes"),
-    period: interval,
-  });
+  const types = ["inuse_objects/count", "inuse_space/bytes"];
+  return frames.profile(taken, types, sample, ["space/bytes", interval]);
 }
 
 /**

@@ -157,13 +157,12 @@ class Inspector {
 }
 
 /**
- * Resolves after `ms`, or at once when a signal aborts.
+ * Resolves after `ms`, or at once when `signal` aborts.
  *
  * @returns Whether the full time passed.
  */
-function wait(ms: number, signals: AbortSignal[]): Promise<boolean> {
+function wait(ms: number, signal: AbortSignal): Promise<boolean> {
   return new Promise((resolve) => {
-    const signal = AbortSignal.any(signals);
     if (signal.aborted) return resolve(false);
     const done = (full: boolean) => {
       clearTimeout(timer);
@@ -182,44 +181,27 @@ function wait(ms: number, signals: AbortSignal[]): Promise<boolean> {
  * process open.
  */
 export class Profiler {
-  #cpuBusy = false;
-  #heapBusy = false;
+  readonly #busy = new Set<string>();
   readonly #closing = new AbortController();
 
   /**
    * Records a CPU profile of the whole process's JavaScript thread.
    *
    * @param seconds How long to sample.
-   * @param signal Ends the profile early (the client went away).
-   * @returns The profile, shorter than asked when ended early.
+   * @returns The profile, shorter than asked when the drain ended it.
    * @throws {ProfilerBusyError} While another CPU profile is being taken.
    */
-  async cpu(seconds: number, signal?: AbortSignal): Promise<Taken<CpuProfile>> {
-    if (this.#cpuBusy) throw new ProfilerBusyError("CPU");
-    this.#cpuBusy = true;
-    const inspector = new Inspector();
-    try {
+  cpu = (seconds: number): Promise<Taken<CpuProfile>> =>
+    this.#record("CPU", seconds, CPU_INTERVAL_US, async (inspector) => {
       await inspector.post("Profiler.enable");
       await inspector.post("Profiler.setSamplingInterval", {
         interval: CPU_INTERVAL_US,
       });
-      const startedAt = Date.now();
       await inspector.post("Profiler.start");
-      await wait(seconds * 1000, this.#signals(signal));
-      const { profile } = await inspector.post<{ profile: CpuProfile }>(
-        "Profiler.stop",
-      );
-      return {
-        profile,
-        startedAt,
-        endedAt: Date.now(),
-        interval: CPU_INTERVAL_US,
-      };
-    } finally {
-      inspector.disconnect();
-      this.#cpuBusy = false;
-    }
-  }
+      return async () =>
+        (await inspector.post<{ profile: CpuProfile }>("Profiler.stop"))
+          .profile;
+    });
 
   /**
    * Records which code allocates memory that stays live: V8's sampling heap
@@ -227,47 +209,52 @@ export class Profiler {
    * meanwhile that are still reachable.
    *
    * @param seconds How long to sample.
-   * @param signal Ends the profile early.
-   * @returns The profile.
+   * @returns The profile, shorter than asked when the drain ended it.
    * @throws {ProfilerBusyError} While another heap profile is being taken.
    */
-  async heap(
-    seconds: number,
-    signal?: AbortSignal,
-  ): Promise<Taken<HeapProfile>> {
-    if (this.#heapBusy) throw new ProfilerBusyError("heap");
-    this.#heapBusy = true;
-    const inspector = new Inspector();
-    try {
+  heap = (seconds: number): Promise<Taken<HeapProfile>> =>
+    this.#record("heap", seconds, HEAP_INTERVAL_BYTES, async (inspector) => {
       await inspector.post("HeapProfiler.enable");
-      const startedAt = Date.now();
       await inspector.post("HeapProfiler.startSampling", {
         samplingInterval: HEAP_INTERVAL_BYTES,
       });
-      await wait(seconds * 1000, this.#signals(signal));
-      const { profile } = await inspector.post<{ profile: HeapProfile }>(
-        "HeapProfiler.getSamplingProfile",
-      );
-      await inspector.post("HeapProfiler.stopSampling");
-      return {
-        profile,
-        startedAt,
-        endedAt: Date.now(),
-        interval: HEAP_INTERVAL_BYTES,
+      return async () => {
+        const { profile } = await inspector.post<{ profile: HeapProfile }>(
+          "HeapProfiler.getSamplingProfile",
+        );
+        await inspector.post("HeapProfiler.stopSampling");
+        return profile;
       };
-    } finally {
-      inspector.disconnect();
-      this.#heapBusy = false;
-    }
-  }
+    });
 
   /** Ends profiles in progress now and later ones at once (the drain). */
   close(): void {
     this.#closing.abort();
   }
 
-  #signals(signal: AbortSignal | undefined): AbortSignal[] {
-    return signal ? [this.#closing.signal, signal] : [this.#closing.signal];
+  /**
+   * One profile of a kind at a time: start it in a new inspector session,
+   * wait, stop it.
+   */
+  async #record<P>(
+    kind: string,
+    seconds: number,
+    interval: number,
+    start: (inspector: Inspector) => Promise<() => Promise<P>>,
+  ): Promise<Taken<P>> {
+    if (this.#busy.has(kind)) throw new ProfilerBusyError(kind);
+    this.#busy.add(kind);
+    const inspector = new Inspector();
+    try {
+      const startedAt = Date.now();
+      const stop = await start(inspector);
+      await wait(seconds * 1000, this.#closing.signal);
+      const profile = await stop();
+      return { profile, startedAt, endedAt: Date.now(), interval };
+    } finally {
+      inspector.disconnect();
+      this.#busy.delete(kind);
+    }
   }
 }
 

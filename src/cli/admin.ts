@@ -23,6 +23,7 @@ import {
   helpText,
   type OptionSpec,
   parseCommand,
+  type Parsed,
   usageError,
 } from "./_args.ts";
 
@@ -54,63 +55,43 @@ const LOG_LEVEL = {
   footer: FOOTER,
 } as const satisfies CommandSpec;
 
-const PROFILE = {
-  name: "admin profile",
-  summary: "Records a CPU profile of the server for N seconds and writes it " +
-    "to a file: gzipped pprof\n(go tool pprof, Pyroscope, speedscope) or " +
-    "V8's .cpuprofile (Chrome DevTools).",
-  options: {
-    url: URL_OPTION,
-    seconds: {
-      type: "string",
-      arg: "N",
-      default: "10",
-      doc: "seconds to sample (1–60)",
+/**
+ * The command line of a profile action: `--seconds`, `--format`, `-o`.
+ *
+ * @param action `profile` or `heap`.
+ * @param summary What it records.
+ * @param v8 The V8 JSON format's name.
+ */
+function profileSpec(action: string, summary: string, v8: string) {
+  const kind = action === "profile" ? "cpu" : "heap";
+  return {
+    name: `admin ${action}`,
+    summary,
+    options: {
+      url: URL_OPTION,
+      seconds: {
+        type: "string",
+        arg: "N",
+        default: "10",
+        doc: "seconds to sample (1–60)",
+      },
+      format: {
+        type: "string",
+        arg: "F",
+        default: "pprof",
+        doc: `pprof or ${v8}`,
+      },
+      output: {
+        type: "string",
+        short: "o",
+        arg: "FILE",
+        doc:
+          `where to write it; - for stdout (default sockeye-${kind}-TIME.pb.gz)`,
+      },
     },
-    format: {
-      type: "string",
-      arg: "F",
-      default: "pprof",
-      doc: "pprof or cpuprofile",
-    },
-    output: {
-      type: "string",
-      short: "o",
-      arg: "FILE",
-      doc: "where to write it; - for stdout (default sockeye-cpu-TIME.pb.gz)",
-    },
-  },
-  footer: FOOTER,
-} as const satisfies CommandSpec;
-
-const HEAP = {
-  name: "admin heap",
-  summary: "Records a sampling heap profile for N seconds (the objects " +
-    "allocated meanwhile that are\nstill live at the end) and writes it to " +
-    "a file: gzipped pprof or V8's .heapprofile.",
-  options: {
-    url: URL_OPTION,
-    seconds: {
-      type: "string",
-      arg: "N",
-      default: "10",
-      doc: "seconds to sample (1–60)",
-    },
-    format: {
-      type: "string",
-      arg: "F",
-      default: "pprof",
-      doc: "pprof or heapprofile",
-    },
-    output: {
-      type: "string",
-      short: "o",
-      arg: "FILE",
-      doc: "where to write it; - for stdout (default sockeye-heap-TIME.pb.gz)",
-    },
-  },
-  footer: FOOTER,
-} as const satisfies CommandSpec;
+    footer: FOOTER,
+  } as const satisfies CommandSpec;
+}
 
 const CONNECTIONS = {
   name: "admin connections",
@@ -151,8 +132,26 @@ const ACTIONS: Readonly<Record<string, { summary: string; run: Run }>> = {
     summary: "print or set the log level",
     run: logLevelAction,
   },
-  profile: { summary: "write a CPU profile", run: profileAction },
-  heap: { summary: "write a heap profile", run: heapAction },
+  profile: {
+    summary: "write a CPU profile",
+    run: profileAction(
+      "profile",
+      "Records a CPU profile of the server for N seconds and writes it to a " +
+        "file: gzipped pprof\n(go tool pprof, Pyroscope, speedscope) or V8's " +
+        ".cpuprofile (Chrome DevTools).",
+      "cpuprofile",
+    ),
+  },
+  heap: {
+    summary: "write a heap profile",
+    run: profileAction(
+      "heap",
+      "Records a sampling heap profile for N seconds (the objects allocated " +
+        "meanwhile that are\nstill live at the end) and writes it to a file: " +
+        "gzipped pprof or V8's .heapprofile.",
+      "heapprofile",
+    ),
+  },
   connections: { summary: "list the open connections", run: connectionsAction },
   disconnect: {
     summary: "close a session's sockets (4001)",
@@ -242,6 +241,19 @@ function target(
   return { base: base.replace(/\/+$/, ""), token };
 }
 
+/** Parses an action's command line and finds the server it talks to. */
+function prepare<const S extends CommandSpec>(
+  spec: S,
+  args: readonly string[],
+  env: Env,
+): { parsed: Parsed<S["options"]>; t: Target; name: string } | number {
+  const parsed = parseCommand(spec, args);
+  if (typeof parsed === "number") return parsed;
+  const url = (parsed.values as { url?: string }).url;
+  const t = target(spec.name, url, env);
+  return t === 2 ? 2 : { parsed, t, name: spec.name };
+}
+
 /** A request to the admin API that failed, already explained. */
 class Failed extends Error {}
 
@@ -311,11 +323,9 @@ function showLevel(state: LevelState): string {
 }
 
 async function logLevelAction(args: readonly string[], env: Env) {
-  const parsed = parseCommand(LOG_LEVEL, args);
-  if (typeof parsed === "number") return parsed;
-  const name = LOG_LEVEL.name;
-  const t = target(name, parsed.values.url, env);
-  if (t === 2) return 2;
+  const ready = prepare(LOG_LEVEL, args, env);
+  if (typeof ready === "number") return ready;
+  const { parsed, t, name } = ready;
   const [level] = parsed.positionals;
   const ttl = parsed.values.ttl;
   if (level !== undefined && !LOG_LEVELS.includes(level as LogLevelName)) {
@@ -347,91 +357,58 @@ async function logLevelAction(args: readonly string[], env: Env) {
   });
 }
 
-/** The seconds option of a profile, or a usage error. */
-function seconds(name: string, raw: string): number | 2 {
-  const n = Number(raw);
-  return /^\d+$/.test(raw) && n >= 1 && n <= 60 ? n : usageError(
-    name,
-    `cannot parse --seconds "${raw}" for ${name}: expected a whole number from 1 to 60`,
-  );
-}
-
-async function download(
-  name: string,
-  t: Target,
-  path: string,
-  secondsN: number,
-  output: string,
-  what: string,
-): Promise<number> {
-  return await attempt(async () => {
-    // The server samples for the whole time, then encodes.
-    const res = await call(name, t, "GET", path, { timeoutS: secondsN + 30 });
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    if (output === "-") {
-      stdio.writeStdoutSync(bytes);
-      printError(`${what}: ${bytes.length} bytes`);
-    } else {
-      writeFile(output, bytes);
-      print(`${what}: ${bytes.length} bytes written to ${output}`);
+/** Runs `admin profile` or `admin heap`: fetch the profile, write the file. */
+function profileAction(action: string, summary: string, v8: string): Run {
+  const spec = profileSpec(action, summary, v8);
+  const kind = action === "profile" ? "cpu" : "heap";
+  const path = action === "profile"
+    ? "/debug/pprof/profile"
+    : "/debug/pprof/heap";
+  return async (args, env) => {
+    const ready = prepare(spec, args, env);
+    if (typeof ready === "number") return ready;
+    const { parsed, t, name } = ready;
+    const raw = parsed.values.seconds;
+    const seconds = Number(raw);
+    if (!/^\d+$/.test(raw) || seconds < 1 || seconds > 60) {
+      return usageError(
+        name,
+        `cannot parse --seconds "${raw}" for ${name}: expected a whole number from 1 to 60`,
+      );
     }
-    return 0;
-  });
-}
-
-function defaultFile(kind: string, format: string): string {
-  const time = new Date().toISOString().replace(/[-:]|\.\d+/g, "");
-  return `sockeye-${kind}-${time}.${format === "pprof" ? "pb.gz" : format}`;
-}
-
-async function profileAction(args: readonly string[], env: Env) {
-  const parsed = parseCommand(PROFILE, args);
-  if (typeof parsed === "number") return parsed;
-  const name = PROFILE.name;
-  const t = target(name, parsed.values.url, env);
-  if (t === 2) return 2;
-  const n = seconds(name, parsed.values.seconds);
-  if (n === 2) return 2;
-  const format = parsed.values.format;
-  if (format !== "pprof" && format !== "cpuprofile") {
-    return usageError(
-      name,
-      `unknown --format "${format}" for ${name}: expected pprof or cpuprofile`,
-    );
-  }
-  return await download(
-    name,
-    t,
-    `/debug/pprof/profile?seconds=${n}&format=${format}`,
-    n,
-    parsed.values.output ?? defaultFile("cpu", format),
-    `CPU profile (${n} s, ${format})`,
-  );
-}
-
-async function heapAction(args: readonly string[], env: Env) {
-  const parsed = parseCommand(HEAP, args);
-  if (typeof parsed === "number") return parsed;
-  const name = HEAP.name;
-  const t = target(name, parsed.values.url, env);
-  if (t === 2) return 2;
-  const n = seconds(name, parsed.values.seconds);
-  if (n === 2) return 2;
-  const format = parsed.values.format;
-  if (format !== "pprof" && format !== "heapprofile") {
-    return usageError(
-      name,
-      `unknown --format "${format}" for ${name}: expected pprof or heapprofile`,
-    );
-  }
-  return await download(
-    name,
-    t,
-    `/debug/pprof/heap?seconds=${n}&format=${format}`,
-    n,
-    parsed.values.output ?? defaultFile("heap", format),
-    `Heap profile (${n} s, ${format})`,
-  );
+    const format = parsed.values.format;
+    if (format !== "pprof" && format !== v8) {
+      return usageError(
+        name,
+        `unknown --format "${format}" for ${name}: expected pprof or ${v8}`,
+      );
+    }
+    const time = new Date().toISOString().replace(/[-:]|\.\d+/g, "");
+    const output = parsed.values.output ??
+      `sockeye-${kind}-${time}.${format === "pprof" ? "pb.gz" : format}`;
+    const what = `${
+      kind === "cpu" ? "CPU" : "Heap"
+    } profile (${seconds} s, ${format})`;
+    return await attempt(async () => {
+      // The server samples for the whole time, then encodes.
+      const res = await call(
+        name,
+        t,
+        "GET",
+        `${path}?seconds=${seconds}&format=${format}`,
+        { timeoutS: seconds + 30 },
+      );
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      if (output === "-") {
+        stdio.writeStdoutSync(bytes);
+        printError(`${what}: ${bytes.length} bytes`);
+      } else {
+        writeFile(output, bytes);
+        print(`${what}: ${bytes.length} bytes written to ${output}`);
+      }
+      return 0;
+    });
+  };
 }
 
 interface ConnectionRow {
@@ -445,11 +422,9 @@ interface ConnectionRow {
 }
 
 async function connectionsAction(args: readonly string[], env: Env) {
-  const parsed = parseCommand(CONNECTIONS, args);
-  if (typeof parsed === "number") return parsed;
-  const name = CONNECTIONS.name;
-  const t = target(name, parsed.values.url, env);
-  if (t === 2) return 2;
+  const ready = prepare(CONNECTIONS, args, env);
+  if (typeof ready === "number") return ready;
+  const { parsed, t, name } = ready;
   return await attempt(async () => {
     const rows: ConnectionRow[] = [];
     for (let offset: number | null = 0; offset !== null;) {
@@ -499,15 +474,11 @@ async function connectionsAction(args: readonly string[], env: Env) {
 }
 
 async function disconnectAction(args: readonly string[], env: Env) {
-  const parsed = parseCommand(DISCONNECT, args);
-  if (typeof parsed === "number") return parsed;
-  const name = DISCONNECT.name;
-  const [session] = parsed.positionals;
-  if (session === undefined) {
-    return usageError(name, `missing SESSION_ID for ${name}`);
-  }
-  const t = target(name, parsed.values.url, env);
-  if (t === 2) return 2;
+  const ready = prepare(DISCONNECT, args, env);
+  if (typeof ready === "number") return ready;
+  const { parsed, t, name } = ready;
+  const session = parsed.positionals[0];
+  if (!session) return usageError(name, `missing SESSION_ID for ${name}`);
   return await attempt(async () => {
     const forget = parsed.values.forget ? "?forget=true" : "";
     const res = await call(
