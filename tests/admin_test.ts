@@ -362,7 +362,7 @@ Deno.test("disconnecting a session closes its sockets with 4001, counted and log
   const text = await (await fetch(admin(server, "/metrics"))).text();
   assert.equal(
     metricValue(text, "websocket_errors_total", {
-      error_type: "operator_disconnect",
+      error_type: "closed_by_operator",
     }),
     2,
   );

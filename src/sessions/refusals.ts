@@ -145,7 +145,7 @@ export const REFUSALS = Object.freeze({
   ),
   operatorDisconnect: close(
     CloseCode.operatorDisconnect,
-    "operator_disconnect",
+    "closed_by_operator",
     "disconnected by operator",
   ),
   storeUnavailableFrame: Object.freeze(
