@@ -2,11 +2,12 @@
  * sockeye: a WebSocket session service with production observability.
  *
  * `sockeye [serve]`, `sockeye healthcheck`, `sockeye loadtest`,
- * `sockeye monitor`, `sockeye config`, `sockeye version`, `sockeye help`;
- * `--help` on each. See README.md.
+ * `sockeye monitor`, `sockeye config`, `sockeye admin`, `sockeye version`,
+ * `sockeye help`; `--help` on each. See README.md.
  *
  * @module
  */
+import { adminCommand } from "./src/cli/admin.ts";
 import { configCommand } from "./src/cli/config.ts";
 import { healthcheckCommand } from "./src/cli/healthcheck.ts";
 import { loadtestCommand } from "./src/cli/loadtest.ts";
@@ -40,6 +41,10 @@ const COMMANDS: Readonly<Record<string, { summary: string; run: Run }>> = {
   config: {
     summary: "print the effective settings, secrets redacted",
     run: (rest) => configCommand(rest, env()),
+  },
+  admin: {
+    summary: "log level, profiles, connections, disconnect (admin API)",
+    run: (rest) => adminCommand(rest, env()),
   },
   version: {
     summary: "print the version",

@@ -21,7 +21,11 @@
  * AUTH_JWT_PUBLIC_KEY; the load test sends a token made here with every
  * handshake). Authentication costs per connection, not per frame: compare
  * with `memory` at many sockets and few messages, e.g. `--sizes 1000x1`,
- * and read the CPU per connection column.
+ * and read the CPU per connection column,
+ * `profiling` (sockeye with continuous profiling: `PYROSCOPE_URL` at a local
+ * sink that accepts and discards, `PROFILE_INTERVAL_S` default),
+ * `profile-on-demand` (sockeye with a 10 s CPU profile from its admin port
+ * running when the load starts; compare with `memory`).
  *
  * @module
  */
@@ -123,6 +127,34 @@ function startOtlpSink(): { url: string; close(): Promise<void> } {
     async close() {
       ac.abort();
       await server.finished;
+    },
+  };
+}
+
+/**
+ * sockeye whose admin port is taking a 10 s CPU profile when the load
+ * starts. Two profile requests go out at once: the one refused (409) comes
+ * back at once, which says the other holds the profiler and V8 samples.
+ */
+function profilingOnDemand(name: string): Target {
+  return {
+    name,
+    async start(port) {
+      const adminPort = freePort();
+      const child = await sockeye(name, { ADMIN_PORT: String(adminPort) })
+        .start(port);
+      await waitForPort(adminPort);
+      const url =
+        `http://127.0.0.1:${adminPort}/debug/pprof/profile?seconds=10`;
+      const both = [fetch(url), fetch(url)];
+      for (const p of both) p.then((r) => r.body?.cancel(), () => {});
+      const first = await Promise.race(both);
+      if (first.status !== 409) {
+        throw new Error(
+          `Expected a 409 beside the profile, got ${first.status}`,
+        );
+      }
+      return child;
     },
   };
 }
@@ -239,6 +271,12 @@ for (const name of values.targets.split(",")) {
     const redis = await startRedis();
     cleanups.push(redis.stop);
     targets.push(sockeye(name, { REDIS_URL: redis.url }));
+  } else if (name === "profiling") {
+    const sink = startOtlpSink();
+    cleanups.push(sink.close);
+    targets.push(sockeye(name, { PYROSCOPE_URL: sink.url }));
+  } else if (name === "profile-on-demand") {
+    targets.push(profilingOnDemand(name));
   } else if (name.startsWith("otel-")) {
     const sink = startOtlpSink();
     cleanups.push(sink.close);

@@ -1,11 +1,15 @@
 /**
- * The HTTP surface as a Hono app: probes, `/status`, `/metrics` and the
- * WebSocket upgrade at `/ws/chat/`, with request ids and HTTP metrics.
+ * The HTTP surface as Hono apps built from route groups: the probes
+ * (`/healthz`, `/readyz`), the WebSocket upgrade at `/ws/chat/`, the
+ * operations routes (`/status`, `/metrics`) and the admin API (`/admin/…`,
+ * `/debug/…`, in `admin/app.ts`), each app with request ids and HTTP
+ * metrics. One listener serves them all, or with `ADMIN_PORT` the public
+ * port serves the probes and the upgrade and the admin port the rest.
  *
  * @module
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import { type Context, Hono } from "hono";
+import { type Context, Hono, type MiddlewareHandler } from "hono";
 import { requestId } from "hono/request-id";
 import { routePath } from "hono/route";
 import { withContext } from "@logtape/logtape";
@@ -26,8 +30,10 @@ import type { Hub } from "./sessions/hub.ts";
 import type { SessionStore } from "./sessions/store.ts";
 import { Admission, Refused } from "./sessions/admission.ts";
 import { TrustedProxies } from "./sessions/client_address.ts";
+import { authenticationMode } from "./sessions/auth.ts";
 import { REFUSALS } from "./sessions/refusals.ts";
 import { VERSION } from "./version.ts";
+import { type AdminDeps, adminRoutes } from "./admin/app.ts";
 
 /** Everything the routes read. */
 export interface AppDeps {
@@ -43,7 +49,24 @@ export interface AppDeps {
   readonly store: SessionStore;
   /** Limits worked out at start; by default from the settings alone. */
   readonly limits?: ProcessLimits;
+  /** What the admin API works with; without it, no admin routes. */
+  readonly admin?: AdminDeps;
 }
+
+/**
+ * A set of routes an app can serve: `probes` (`/healthz`, `/readyz`),
+ * `websocket` (`/ws/chat/`), `operations` (`/status`, `/metrics`), `admin`
+ * (`/admin/…`, `/debug/…`).
+ */
+export type RouteGroup = "probes" | "websocket" | "operations" | "admin";
+
+/** Every route group: one listener serving everything. */
+export const ALL_ROUTES: readonly RouteGroup[] = [
+  "probes",
+  "websocket",
+  "operations",
+  "admin",
+];
 
 /** Limits worked out at start from the settings and the process (server.ts). */
 export interface ProcessLimits {
@@ -55,10 +78,12 @@ export interface ProcessLimits {
   readonly memoryLimitBytes: number | undefined;
 }
 
-type Env = {
+/** Hono's environment for every sockeye app: the peer, the request id. */
+export type AppEnv = {
   Bindings: ConnInfo;
   Variables: { requestId: string };
 };
+type Env = AppEnv;
 
 /**
  * The `method` label of the HTTP metrics: one of the methods OpenTelemetry
@@ -73,27 +98,20 @@ export function methodLabel(method: string): string {
 }
 
 /**
- * Builds the Hono app.
+ * Builds a Hono app serving some route groups; every other path is a JSON
+ * 404.
  *
- * @param deps Settings, lifecycle, metrics, hub and store.
+ * @param deps Settings, lifecycle, metrics, hub, store and the admin API's deps.
+ * @param groups The route groups it serves; all by default.
  * @returns The app; serve it with `app.fetch(request, connInfo)`.
  */
-export function createApp(deps: AppDeps): Hono<Env> {
-  const { settings, lifecycle, metrics, hub, store } = deps;
-  const limits: ProcessLimits = deps.limits ?? {
-    maxConnections: settings.maxConnections ?? 0,
-    maxFds: undefined,
-    memoryLimitBytes: undefined,
-  };
+export function createApp(
+  deps: AppDeps,
+  groups: readonly RouteGroup[] = ALL_ROUTES,
+): Hono<AppEnv> {
+  const { metrics } = deps;
   const httpLog = logger("http");
-  const wsLog = logger("ws");
-  const proxies = new TrustedProxies(settings.trustedProxies);
-  /** The client's address: the peer, or what a trusted proxy forwarded. */
-  const clientAddress = (c: Context<Env>): string =>
-    proxies.clientAddress(
-      c.env?.remoteAddr ?? "",
-      c.req.header("X-Forwarded-For") ?? null,
-    );
+  const clientAddress = clientAddressOf(deps.settings);
   const app = new Hono<Env>();
 
   app.use(requestId({ headerName: "X-Request-ID", limitLength: 128 }));
@@ -150,6 +168,38 @@ export function createApp(deps: AppDeps): Hono<Env> {
     c.json({ error: "not_found", message: `No route for ${c.req.path}` }, 404)
   );
 
+  if (groups.includes("probes")) probeRoutes(app, deps);
+  if (groups.includes("operations")) operationsRoutes(app, deps);
+  if (groups.includes("admin") && deps.admin) adminRoutes(app, deps.admin);
+  if (groups.includes("websocket")) websocketRoutes(app, deps);
+  return app;
+}
+
+/**
+ * The client's address: the peer, or what a trusted proxy forwarded
+ * (`TRUSTED_PROXIES`).
+ */
+function clientAddressOf(settings: Settings): (c: Context<Env>) => string {
+  const proxies = new TrustedProxies(settings.trustedProxies);
+  return (c) =>
+    proxies.clientAddress(
+      c.env?.remoteAddr ?? "",
+      c.req.header("X-Forwarded-For") ?? null,
+    );
+}
+
+/** The limits `/status` reports, from start-up or from the settings alone. */
+function processLimits(deps: AppDeps): ProcessLimits {
+  return deps.limits ?? {
+    maxConnections: deps.settings.maxConnections ?? 0,
+    maxFds: undefined,
+    memoryLimitBytes: undefined,
+  };
+}
+
+/** `/healthz` and `/readyz`. */
+function probeRoutes(app: Hono<Env>, deps: AppDeps): void {
+  const { settings, lifecycle, hub, store } = deps;
   app.get("/healthz", (c) =>
     c.json({
       status: "healthy",
@@ -185,7 +235,12 @@ export function createApp(deps: AppDeps): Hono<Env> {
       checks,
     }, status === "ready" ? 200 : 503);
   });
+}
 
+/** `/status` and `/metrics`. */
+function operationsRoutes(app: Hono<Env>, deps: AppDeps): void {
+  const { settings, lifecycle, metrics, hub, store } = deps;
+  const limits = processLimits(deps);
   app.get("/status", (c) =>
     c.json({
       service: "sockeye",
@@ -212,26 +267,26 @@ export function createApp(deps: AppDeps): Hono<Env> {
         connect_rate_limit_per_s: settings.connectRateLimitPerS,
         max_connections_per_client: settings.maxConnectionsPerClient,
       },
-      authentication: admission.authentication,
+      authentication: authenticationMode(settings),
       signed_session_ids: settings.sessionSecret !== undefined,
     }));
 
-  app.get("/metrics", async (c) => {
-    if (settings.metricsToken !== undefined) {
-      const auth = c.req.header("Authorization") ?? "";
-      if (!secretsEqual(auth, `Bearer ${settings.metricsToken}`)) {
-        throw new HttpError(401, "Metrics require a bearer token", {
-          headers: { "WWW-Authenticate": 'Bearer realm="metrics"' },
-        });
-      }
-    }
+  const auth = bearerToken(settings.metricsToken, "metrics", "Metrics");
+  app.get("/metrics", auth, async (c) => {
     const accept = c.req.header("Accept") ?? "";
     const { body, contentType } = await metrics.scrape(
       accept.includes("application/openmetrics-text"),
     );
     return c.body(body, 200, { "Content-Type": contentType });
   });
+}
 
+/** The WebSocket upgrade at `/ws/chat/` (and `/ws/chat`). */
+function websocketRoutes(app: Hono<Env>, deps: AppDeps): void {
+  const { settings, lifecycle, metrics, hub, store } = deps;
+  const wsLog = logger("ws");
+  const clientAddress = clientAddressOf(settings);
+  const limits = processLimits(deps);
   const admission = new Admission({
     settings,
     lifecycle,
@@ -307,8 +362,35 @@ export function createApp(deps: AppDeps): Hono<Env> {
   };
   app.get("/ws/chat/", upgrade);
   app.get("/ws/chat", upgrade);
+}
 
-  return app;
+/**
+ * Middleware requiring `Authorization: Bearer <token>` (RFC 6750), compared
+ * in constant time; a miss is a 401 with `WWW-Authenticate`, logged without
+ * the header's value. No token: the routes stay open.
+ *
+ * @param token The expected token, `undefined` for none.
+ * @param realm The `WWW-Authenticate` realm, e.g. `admin`.
+ * @param what Names the routes in the message, e.g. `Admin endpoints`.
+ * @returns The middleware.
+ */
+export function bearerToken(
+  token: string | undefined,
+  realm: string,
+  what: string,
+): MiddlewareHandler<AppEnv> {
+  const expected = token === undefined ? undefined : `Bearer ${token}`;
+  return async (c, next) => {
+    if (
+      expected !== undefined &&
+      !secretsEqual(c.req.header("Authorization") ?? "", expected)
+    ) {
+      throw new HttpError(401, `${what} require a bearer token`, {
+        headers: { "WWW-Authenticate": `Bearer realm="${realm}"` },
+      });
+    }
+    await next();
+  };
 }
 
 function round3(n: number): number {

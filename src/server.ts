@@ -5,19 +5,31 @@
  * @module
  */
 import type { Hono } from "hono";
-import { createApp, type ProcessLimits } from "./app.ts";
+import type { Logger } from "@logtape/logtape";
+import {
+  ALL_ROUTES,
+  createApp,
+  type ProcessLimits,
+  type RouteGroup,
+} from "./app.ts";
+import type { AdminDeps } from "./admin/app.ts";
+import { LogLevelControl } from "./admin/log_level.ts";
+import { Profiler } from "./admin/profiler.ts";
+import { PyroscopePusher } from "./admin/pyroscope.ts";
 import { Lifecycle } from "./lifecycle.ts";
 import { MemoryGuard } from "./memory_guard.ts";
-import { logger } from "./observability/logging.ts";
+import { AUDIT, logger } from "./observability/logging.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { type TracingOptions, withRootSpan } from "./observability/tracing.ts";
 import {
   cgroupMemoryLimit,
   type HttpServer,
+  type ListenerEvents,
   maxFds,
   serve,
 } from "./platform.ts";
-import type { Settings } from "./settings.ts";
+import { isLoopback, type Settings } from "./settings.ts";
+import { VERSION } from "./version.ts";
 import { type DrainResult, Hub } from "./sessions/hub.ts";
 import { MemorySessionStore } from "./sessions/memory_store.ts";
 import { RedisSessionStore } from "./sessions/redis_store.ts";
@@ -41,6 +53,8 @@ export interface Server {
   readonly metrics: Metrics;
   /** The HTTP app, for in-process requests. */
   readonly app: Hono<never>;
+  /** The admin listener's port; `undefined` without `ADMIN_PORT`. */
+  readonly adminPort: number | undefined;
   /**
    * Runs the drain once; later calls return the same promise.
    *
@@ -240,43 +254,49 @@ export async function startServer(settings: Settings): Promise<Server> {
     maxFds: fdLimit,
     memoryLimitBytes: memory?.bytes,
   };
-  const app = createApp({ settings, lifecycle, metrics, hub, store, limits });
+  const admin: AdminDeps = {
+    settings,
+    hub,
+    store,
+    logLevel: new LogLevelControl(logger(AUDIT)),
+    profiler: new Profiler(),
+  };
+  const deps = { settings, lifecycle, metrics, hub, store, limits, admin };
+  const routes = routeSplit(settings);
+  const app = createApp(deps, routes.main);
+  const adminApp = routes.admin && createApp(deps, routes.admin);
+  const ctx = { log, metrics, lifecycle, hub, fdLimit };
 
-  let http: HttpServer;
+  let http: HttpServer | undefined;
+  let adminHttp: HttpServer | undefined;
+  let pusher: PyroscopePusher | undefined;
   try {
     http = serve({
       hostname: settings.host,
       port: settings.port,
-      events: {
-        onDown(error, reason, episodeStart) {
-          metrics.listenerErrors.labels(reason).inc();
-          metrics.listenerUp.set(0);
-          lifecycle.fail("listener", error.message);
-          if (!episodeStart) return;
-          log.error("Listener stopped: {cause}", {
-            cause: error.message,
-            reason,
-            port: http.port,
-            max_fds: fdLimit,
-            active_connections: hub.size,
-          });
-        },
-        onUp() {
-          metrics.listenerUp.set(1);
-          lifecycle.clear("listener");
-        },
-        onRecovered(downSeconds, failures) {
-          log.info("Listener restored on {host}:{port}", {
-            host: http.hostname,
-            port: http.port,
-            down_seconds: round6(downSeconds),
-            failures,
-            active_connections: hub.size,
-          });
-        },
-      },
+      events: listenerEvents(ctx, "main", () => http!),
     }, (req, info) => app.fetch(req, info));
+    if (adminApp) {
+      adminHttp = serve({
+        hostname: settings.adminHost,
+        port: settings.adminPort!,
+        events: listenerEvents(ctx, "admin", () => adminHttp!),
+      }, (req, info) => adminApp.fetch(req, info));
+    }
+    if (settings.pyroscopeUrl !== undefined) {
+      pusher = new PyroscopePusher({
+        url: settings.pyroscopeUrl,
+        intervalS: settings.profileIntervalS,
+        labels: { color: settings.color, version: VERSION },
+        registry: metrics.registry,
+        log: logger("profiling"),
+      });
+      await pusher.start();
+    }
   } catch (error) {
+    pusher?.stop();
+    await http?.shutdown();
+    await adminHttp?.shutdown();
     guard?.stop();
     hub.stopHeartbeat();
     metrics[Symbol.dispose]();
@@ -294,8 +314,16 @@ export async function startServer(settings: Settings): Promise<Server> {
       "sockeye.store": store.kind,
     });
     log.info("sockeye ready on {host}:{port}", {
-      host: http.hostname,
-      port: http.port,
+      host: http!.hostname,
+      port: http!.port,
+      admin_host: adminHttp?.hostname,
+      admin_port: adminHttp?.port,
+      admin_api: adminHttp
+        ? "admin_port"
+        : routes.main.includes("admin")
+        ? "main_port"
+        : "off",
+      pyroscope: pusher !== undefined,
       startup_seconds: round6(startupSeconds),
       store: store.kind,
       max_connections: connections.maxConnections,
@@ -318,7 +346,9 @@ export async function startServer(settings: Settings): Promise<Server> {
         metrics,
         hub,
         store,
-        http,
+        http: http!,
+        adminHttp,
+        admin: { ...admin, pusher },
         guard,
         hurry: hurry.signal,
       });
@@ -333,6 +363,7 @@ export async function startServer(settings: Settings): Promise<Server> {
 
   return {
     port: http.port,
+    adminPort: adminHttp?.port,
     lifecycle,
     metrics,
     app: app as unknown as Hono<never>,
@@ -352,6 +383,8 @@ async function runDrain(reason: string, ctx: {
   hub: Hub;
   store: SessionStore;
   http: HttpServer;
+  adminHttp: HttpServer | undefined;
+  admin: AdminDeps & { pusher: PyroscopePusher | undefined };
   guard: MemoryGuard | undefined;
   hurry: AbortSignal;
 }): Promise<ShutdownReport> {
@@ -385,10 +418,16 @@ async function runDrain(reason: string, ctx: {
       forced: result.forced,
     });
   }
+  // A profile in progress ends now, so no request holds a listener open.
+  ctx.admin.profiler.close();
+  ctx.admin.pusher?.stop();
+  ctx.admin.logLevel.close();
   // Closes what is left (1001) and waits for in-flight HTTP requests.
   await http.shutdown();
   await store.close();
   guard?.stop();
+  // The admin port goes last: Prometheus can scrape the drain to its end.
+  await ctx.adminHttp?.shutdown();
   metrics[Symbol.dispose]();
   const overran = shutdownSeconds > settings.shutdownTimeoutS;
   log.info("Drain complete", {
@@ -397,6 +436,96 @@ async function runDrain(reason: string, ctx: {
     forced: result.forced,
   });
   return { ...result, shutdownSeconds, overran };
+}
+
+/** Which route groups each listener serves. */
+export interface RouteSplit {
+  /** The main port's groups. */
+  readonly main: readonly RouteGroup[];
+  /** The admin port's groups; `undefined` without `ADMIN_PORT`. */
+  readonly admin: readonly RouteGroup[] | undefined;
+}
+
+/**
+ * Splits the routes between the listeners. With `ADMIN_PORT`, the main port
+ * serves the probes and the upgrade, and the admin port the probes, the
+ * operations routes and the admin API. Without it the main port serves
+ * everything, but the admin API only where that is safe: a loopback `HOST`,
+ * or `ADMIN_TOKEN` set; otherwise it is off (404), as it was before it
+ * existed.
+ *
+ * @param settings `ADMIN_PORT`, `HOST`, `ADMIN_TOKEN`.
+ * @returns The groups per listener.
+ */
+export function routeSplit(settings: Settings): RouteSplit {
+  if (settings.adminPort !== undefined) {
+    return {
+      main: ["probes", "websocket"],
+      admin: ["probes", "operations", "admin"],
+    };
+  }
+  const adminSafe = isLoopback(settings.host) ||
+    settings.adminToken !== undefined;
+  return {
+    main: adminSafe
+      ? ALL_ROUTES
+      : ALL_ROUTES.filter((group) => group !== "admin"),
+    admin: undefined,
+  };
+}
+
+/**
+ * Reports a listener's accept failures: counted in
+ * `http_listener_errors_total`, logged once per episode. The main
+ * listener's also set `http_listener_up` and fail readiness while it is
+ * down (the admin listener's do not: clients do not reach it).
+ */
+function listenerEvents(
+  ctx: {
+    log: Logger;
+    metrics: Metrics;
+    lifecycle: Lifecycle;
+    hub: Hub;
+    fdLimit: number | undefined;
+  },
+  listener: "main" | "admin",
+  server: () => HttpServer,
+): ListenerEvents {
+  const { log, metrics, lifecycle, hub, fdLimit } = ctx;
+  const main = listener === "main";
+  return {
+    onDown(error, reason, episodeStart) {
+      metrics.listenerErrors.labels(reason).inc();
+      if (main) {
+        metrics.listenerUp.set(0);
+        lifecycle.fail("listener", error.message);
+      }
+      if (!episodeStart) return;
+      log.error("Listener stopped: {cause}", {
+        cause: error.message,
+        reason,
+        listener,
+        port: server().port,
+        max_fds: fdLimit,
+        active_connections: hub.size,
+      });
+    },
+    onUp() {
+      if (!main) return;
+      metrics.listenerUp.set(1);
+      lifecycle.clear("listener");
+    },
+    onRecovered(downSeconds, failures) {
+      log.info("Listener restored on {host}:{port}", {
+        host: server().hostname,
+        port: server().port,
+        listener,
+        down_seconds: round6(downSeconds),
+        failures,
+        active_connections: hub.size,
+      });
+    },
+  };
 }
 
 /**

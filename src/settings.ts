@@ -376,6 +376,51 @@ export const SETTINGS = {
     schema: numberSchema({ min: 0, max: 1 }),
     doc: "fraction (0–1) of a traced connection's frames that get a span",
   }),
+  /**
+   * Port of the admin listener (`/metrics`, `/status`, `/admin/…`,
+   * `/debug/…`); unset keeps one listener for everything.
+   */
+  adminPort: setting({
+    env: "ADMIN_PORT",
+    schema: numberSchema({ min: 0, max: 65535, integer: true }),
+    doc: "port of the admin listener (0–65535; 0 picks a free one); unset: " +
+      "no admin listener, the main port answers /metrics and /status",
+  }),
+  /** Address the admin listener binds. */
+  adminHost: setting({
+    env: "ADMIN_HOST",
+    default: "127.0.0.1",
+    schema: v.string(),
+    doc: "bind address of the admin listener; one that is not loopback " +
+      "needs ADMIN_TOKEN",
+  }),
+  /** Bearer token for `/admin/…` and `/debug/…`; `undefined` leaves them open. */
+  adminToken: setting({
+    env: "ADMIN_TOKEN",
+    schema: v.string(),
+    secret: true,
+    doc: "bearer token required by /admin/… and /debug/…; unset leaves them " +
+      "open (loopback only)",
+  }),
+  /** Grafana Pyroscope's base URL; set, CPU profiles are pushed there. */
+  pyroscopeUrl: setting({
+    env: "PYROSCOPE_URL",
+    schema: v.pipe(
+      v.string(),
+      v.check(isHttpUrl, "an http:// or https:// URL"),
+    ),
+    secret: true,
+    redact: redactUrl,
+    doc: "http(s):// URL of Grafana Pyroscope; set, a CPU profile is " +
+      "pushed to its /ingest every PROFILE_INTERVAL_S",
+  }),
+  /** Seconds covered by each continuous CPU profile. */
+  profileIntervalS: setting({
+    env: "PROFILE_INTERVAL_S",
+    default: "15",
+    schema: secondsSchema({ min: 1, max: 3600 }),
+    doc: "seconds each pushed CPU profile covers (1 to 3600)",
+  }),
 };
 
 /** The variables that each turn authentication on; at most one may be set. */
@@ -417,6 +462,17 @@ export const CROSS_CHECKS: readonly CrossCheck[] = [
     test: (s) => (s.DRAIN_DELAY_S as number) < (s.SHUTDOWN_TIMEOUT_S as number),
     expected: (s) =>
       `a number below SHUTDOWN_TIMEOUT_S (${s.SHUTDOWN_TIMEOUT_S})`,
+  },
+  {
+    // An admin listener anyone can reach must not be open to anyone.
+    env: "ADMIN_HOST",
+    uses: ["ADMIN_HOST", "ADMIN_PORT", "ADMIN_TOKEN"],
+    test: (s) =>
+      s.ADMIN_PORT === undefined || s.ADMIN_TOKEN !== undefined ||
+      isLoopback(s.ADMIN_HOST as string),
+    expected: () =>
+      "a loopback address (127.0.0.0/8, ::1, localhost) while ADMIN_TOKEN " +
+      "is unset",
   },
 ];
 
@@ -494,15 +550,6 @@ export function suspectVariables(env: Env): readonly Misspelt[] {
   return misspelt(Object.keys(env), SCHEMA.known());
 }
 
-function isHttpUrl(value: string): boolean {
-  try {
-    const url = new URL(value);
-    return url.protocol === "https:" || url.protocol === "http:";
-  } catch {
-    return false;
-  }
-}
-
 /** A PEM public key, kept as normalised PEM once its type is known to be usable. */
 function publicKeySchema(): Schema<string> {
   return v.pipe(
@@ -542,13 +589,29 @@ function cidrListSchema(): Schema<readonly string[]> {
   );
 }
 
+/**
+ * Tells whether a bind address reaches this host only.
+ *
+ * @param host An address or host name as `HOST` or `ADMIN_HOST` hold it.
+ * @returns `true` for 127.0.0.0/8, `::1` (bracketed or not) and `localhost`.
+ */
+export function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  return h === "localhost" || h === "::1" ||
+    /^127(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/.test(h);
+}
+
+/** Whether `value` is a URL with one of `schemes` (e.g. `redis:`). */
+function urlWith(value: string, schemes: readonly string[]): boolean {
+  return URL.canParse(value) && schemes.includes(new URL(value).protocol);
+}
+
 function isRedisUrl(value: string): boolean {
-  try {
-    const url = new URL(value);
-    return url.protocol === "redis:" || url.protocol === "rediss:";
-  } catch {
-    return false;
-  }
+  return urlWith(value, ["redis:", "rediss:"]);
+}
+
+function isHttpUrl(value: string): boolean {
+  return urlWith(value, ["http:", "https:"]);
 }
 
 /**

@@ -18,6 +18,37 @@ export const DENO: string = Deno.execPath();
 /** Upper bound for any single wait in a test, in ms. */
 export const WAIT_MS = 10_000;
 
+/** What a finished `main.ts` subprocess printed, and its exit code. */
+export interface CommandRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `main.ts` (any subcommand) as a subprocess and waits for it to exit.
+ *
+ * @param args The command line after `main.ts`.
+ * @param env Extra environment (`NO_COLOR=1` is set).
+ */
+export async function runSockeye(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<CommandRun> {
+  const out = await new Deno.Command(DENO, {
+    args: ["run", "-A", `${ROOT}main.ts`, ...args],
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
 /**
  * Rejects when `promise` does not settle within `ms`.
  *

@@ -7,37 +7,13 @@ import assert from "node:assert/strict";
 import { SETTINGS, type SettingSpec } from "../src/settings.ts";
 import { VERSION } from "../src/version.ts";
 import {
-  DENO,
-  ROOT,
+  type CommandRun as Run,
+  runSockeye as sockeye,
   spawnServer,
   startTestServer,
   TestClient,
   within,
 } from "./_helpers.ts";
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function sockeye(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<Run> {
-  const out = await new Deno.Command(DENO, {
-    args: ["run", "-A", `${ROOT}main.ts`, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
 
 const COMMANDS = [
   "serve",

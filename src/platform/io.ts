@@ -100,3 +100,15 @@ export async function readFrom(
 export function readTextFile(path: string): string {
   return Deno.readTextFileSync(path);
 }
+
+/**
+ * Writes a whole file at once, replacing it (`sockeye admin profile -o`).
+ *
+ * @param path File path.
+ * @param bytes What it holds.
+ * @throws {Deno.errors.PermissionDenied} And other `Deno.errors` when it
+ *   cannot be written.
+ */
+export function writeFile(path: string, bytes: Uint8Array): void {
+  Deno.writeFileSync(path, bytes);
+}

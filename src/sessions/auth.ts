@@ -219,13 +219,7 @@ export class Authenticator {
    *   (authentication off).
    */
   static fromSettings(settings: Settings): Authenticator | undefined {
-    const key: KeySource | undefined = settings.authJwtSecret !== undefined
-      ? { kind: "secret", secret: settings.authJwtSecret }
-      : settings.authJwtPublicKey !== undefined
-      ? { kind: "public_key", pem: settings.authJwtPublicKey }
-      : settings.authJwksUrl !== undefined
-      ? { kind: "jwks", url: settings.authJwksUrl }
-      : undefined;
+    const key = keySource(settings);
     if (key === undefined) return undefined;
     return new Authenticator({
       key,
@@ -316,4 +310,27 @@ function failureReason(error: unknown): AuthFailureReason | undefined {
     error instanceof errors.JOSENotSupported
   ) return "malformed";
   return undefined;
+}
+
+/** The key source the settings name, if any (at most one may be set). */
+function keySource(settings: Settings): KeySource | undefined {
+  return settings.authJwtSecret !== undefined
+    ? { kind: "secret", secret: settings.authJwtSecret }
+    : settings.authJwtPublicKey !== undefined
+    ? { kind: "public_key", pem: settings.authJwtPublicKey }
+    : settings.authJwksUrl !== undefined
+    ? { kind: "jwks", url: settings.authJwksUrl }
+    : undefined;
+}
+
+/**
+ * Names how clients authenticate, for `/status` and the ready line.
+ *
+ * @param settings Parsed settings.
+ * @returns `off`, or the key source's kind (`secret`, `public_key`, `jwks`).
+ */
+export function authenticationMode(
+  settings: Settings,
+): "off" | KeySource["kind"] {
+  return keySource(settings)?.kind ?? "off";
 }

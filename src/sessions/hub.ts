@@ -17,6 +17,7 @@ import {
   type ConnectionOwner,
   type FrameLimits,
 } from "./session.ts";
+import type { CloseRefusal } from "./refusals.ts";
 import type { SessionHandle } from "./store.ts";
 
 /**
@@ -99,6 +100,38 @@ export class Hub implements ConnectionOwner {
     this.#metrics.connectionsTotal.inc();
     if (session.resumed) this.#metrics.resumes.inc();
     return conn;
+  }
+
+  /**
+   * The open connections, in the order they were accepted (for the admin
+   * port's list).
+   *
+   * @returns A copy: closing one does not disturb it.
+   */
+  list(): Connection[] {
+    return [...this.#connections];
+  }
+
+  /**
+   * Closes the connections `match` selects with `refusal`'s close code and
+   * reason, counted and logged as every refusal is (for the admin port).
+   *
+   * @param match Selects connections, e.g. by session id.
+   * @param refusal The cause, e.g. `REFUSALS.operatorDisconnect` (4001).
+   * @returns The connections whose close was started; their sockets'
+   *   `close` events follow.
+   */
+  disconnect(
+    match: (conn: Connection) => boolean,
+    refusal: CloseRefusal,
+  ): Connection[] {
+    const hit: Connection[] = [];
+    for (const conn of this.#connections) {
+      if (conn.closing || !match(conn)) continue;
+      conn.reject(refusal.code, refusal.errorType, refusal.reason);
+      hit.push(conn);
+    }
+    return hit;
   }
 
   /**

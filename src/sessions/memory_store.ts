@@ -200,12 +200,24 @@ export class MemorySessionStore implements SessionStore {
    * its TTL runs from now and it is the most recently released one.
    */
   release(record: SessionRecord): void {
-    if (--record.holders > 0) return;
+    // A forgotten session is no longer this store's (a new one may have its id).
+    if (--record.holders > 0 || this.#sessions.get(record.id) !== record) {
+      return;
+    }
     record.expiresAt = performance.now() + this.#ttlMs;
     record.older = this.#newest;
     if (this.#newest === null) this.#oldest = record;
     else this.#newest.newer = record;
     this.#newest = record;
+  }
+
+  forget(id: string): boolean {
+    const record = this.#sessions.get(id);
+    if (record === undefined) return false;
+    if (record.holders === 0) this.#unlink(record);
+    this.#sessions.delete(id);
+    this.#counters.stored = this.#sessions.size;
+    return true;
   }
 
   check(): Promise<void> {

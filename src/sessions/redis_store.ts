@@ -752,6 +752,15 @@ export class RedisSessionStore implements SessionStore {
     });
   }
 
+  async forget(id: string): Promise<boolean> {
+    if (!this.#up) throw this.#downError;
+    try {
+      return await timed(this.#redis.del(KEY_PREFIX + id), "DEL") > 0;
+    } catch (error) {
+      throw this.#failure(error);
+    }
+  }
+
   async check(): Promise<void> {
     if (!this.#up) throw this.#downError;
     try {

@@ -27,6 +27,8 @@ export const CloseCode = {
   messageTooBig: 1009,
   /** 1011: internal error. */
   internalError: 1011,
+  /** 4001 (private use, RFC 6455 §7.4.2): an operator ended the session. */
+  operatorDisconnect: 4001,
 } as const;
 
 /** A cause answered by closing an open socket. */
@@ -104,6 +106,8 @@ const RETRY_SOON = { "Retry-After": "1" };
 
 /** Every cause, by name (see {@link REFUSALS}). */
 export interface Refusals {
+  /** An operator closed the socket through the admin API: 4001. */
+  readonly operatorDisconnect: CloseRefusal;
   /** The token's `exp` passed on an open socket: 1008. */
   readonly tokenExpired: CloseRefusal;
   /** Authentication on and no token: 401. */
@@ -203,6 +207,11 @@ export const REFUSALS: Refusals = Object.freeze({
     "internal",
     "internal error",
     "error",
+  ),
+  operatorDisconnect: close(
+    CloseCode.operatorDisconnect,
+    "closed_by_operator",
+    "disconnected by operator",
   ),
   storeUnavailableFrame: Object.freeze(
     {

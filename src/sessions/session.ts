@@ -11,6 +11,7 @@
  */
 import type { Logger } from "@logtape/logtape";
 import type { FrameStats, Metrics } from "../observability/metrics.ts";
+import { levelFlags } from "../observability/logging.ts";
 import { IDLE_CLOSE_REASON } from "../platform.ts";
 import {
   logIds,
@@ -56,6 +57,8 @@ const KNOWN_CODES = new Set([
   1013,
   1014,
   1015,
+  // Private use (RFC 6455 §7.4.2), sent by this server: an operator's close.
+  4001,
 ]);
 
 /** Limits applied to every frame. */
@@ -142,6 +145,10 @@ export class Connection {
   readonly session: SessionHandle;
   /** Logger carrying connection_id, session_uuid, remote_addr, user_agent. */
   readonly log: Logger;
+  /** Client facts from the upgrade: address, user agent, request id. */
+  readonly info: ConnectionInfo;
+  /** When the socket was accepted, in ms since the Unix epoch. */
+  readonly connectedAt: number = Date.now();
   /** Text frames received on this connection. */
   messages = 0;
   /** Set once the server has started closing; later frames are ignored. */
@@ -176,6 +183,7 @@ export class Connection {
   ) {
     this.socket = socket;
     this.session = session;
+    this.info = info;
     const span = this.span = startConnectionSpan(deps.tracing, {
       "session.id": session.id,
       "sockeye.session.resumed": session.resumed,
@@ -221,6 +229,8 @@ export class Connection {
       socket.send(countFrame(count));
       frames.sent++;
       frames.observe((performance.now() - start) / 1000);
+      // A property load per frame while the level is above debug.
+      if (levelFlags.debug) this.log.debug("Frame answered {count}", { count });
     };
     const failed = (error: unknown) => {
       if (error instanceof StoreUnavailableError) {

@@ -57,6 +57,16 @@ export interface SessionStore {
    */
   attach(id: string, owner?: string): SessionHandle | Promise<SessionHandle>;
   /**
+   * Deletes a session's stored count, for an operator (the admin port's
+   * `DELETE /admin/sessions/{id}?forget=true`): the next connection with
+   * this id starts at 0. Sockets still holding it keep no claim on it.
+   *
+   * @param id A session id.
+   * @returns Whether a session was stored under `id`.
+   * @throws {StoreUnavailableError} When the store cannot answer.
+   */
+  forget(id: string): boolean | Promise<boolean>;
+  /**
    * Readiness check.
    *
    * @returns Resolves when the store answers.
