@@ -47,6 +47,14 @@ export interface Settings {
   readonly maxConnections: number;
   /** Text frames per second per socket; 0 turns the limit off. @default 0 */
   readonly rateLimitPerS: number;
+  /**
+   * Payload bytes a socket may have queued in the runtime, not yet taken by
+   * the kernel (`bufferedAmount`), before it is closed with 1008 as a slow
+   * consumer. Each queued frame costs about 1 KiB of process memory whatever
+   * its payload, so the default bounds a slow client to about 5.5 MiB.
+   * @default 65536
+   */
+  readonly maxBufferedBytes: number;
   /** Seconds without a pong before a socket is dropped; 0 turns it off. @default 60 */
   readonly idleTimeoutS: number;
   /** Allowed `Origin` values; `undefined` allows any. */
@@ -215,6 +223,11 @@ export function parseSettings(env: Env): Settings {
     }),
     maxConnections: number("MAX_CONNECTIONS", 0, { min: 0, integer: true }),
     rateLimitPerS: number("RATE_LIMIT_PER_S", 0, { min: 0 }),
+    maxBufferedBytes: number("MAX_BUFFERED_BYTES", 65536, {
+      min: 1024,
+      max: 1024 * 1024 * 1024,
+      integer: true,
+    }),
     idleTimeoutS: number("IDLE_TIMEOUT_S", 60, { min: 0, integer: true }),
     allowedOrigins: allowedOrigins && Object.freeze(allowedOrigins),
     metricsToken: read("METRICS_TOKEN"),

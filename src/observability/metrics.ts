@@ -56,6 +56,7 @@ export const ERROR_TYPES: readonly string[] = [
   "message_too_big", // 1009
   "rate_limited", // 1008
   "slow_consumer", // 1008
+  "protocol_error", // the runtime dropped the connection (RFC 6455 violation)
   "internal", // 1011
   "idle_timeout", // 1001 after a missed pong
   "store_unavailable", // frame answered {"error": "unavailable"} or upgrade 503
