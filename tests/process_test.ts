@@ -243,6 +243,7 @@ Deno.test("bad settings exit 2 naming the variable", async () => {
     ["SHUTDOWN_TIMEOUT_S", "-1"],
     ["MAX_MESSAGE_BYTES", "1.5"],
     ["MAX_CONNECTIONS", "-3"],
+    ["MAX_BUFFERED_BYTES", "100"],
     ["LOG_LEVEL", "loud"],
     ["LOG_FORMAT", "xml"],
     ["COLOR", "Blue Team"],
