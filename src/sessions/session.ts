@@ -258,7 +258,7 @@ export class Connection {
     // memory whatever its payload: check the backlog where it grows (one
     // fast-op read, ~40 ns), so a client that sends and never reads is closed
     // before it costs more than about 85 × maxBuffered bytes.
-    const sent = () => {
+    const checkBacklog = () => {
       if (socket.bufferedAmount > maxBuffered) this.rejectSlowConsumer();
     };
     const reply = (count: number, start: number) => {
@@ -266,7 +266,7 @@ export class Connection {
       socket.send(countFrame(count));
       frames.sent++;
       frames.observe((performance.now() - start) / 1000);
-      sent();
+      checkBacklog();
     };
     const failed = (error: unknown) => {
       if (error instanceof StoreUnavailableError) {
@@ -275,7 +275,7 @@ export class Connection {
         if (!this.closing) {
           socket.send(UNAVAILABLE_FRAME);
           frames.sent++;
-          sent();
+          checkBacklog();
         }
         return;
       }
