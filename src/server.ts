@@ -63,7 +63,8 @@ export interface Server {
    */
   drain(reason: string): Promise<ShutdownReport>;
   /**
-   * Skips what is left of the drain delay and handshake wait (a second signal).
+   * Skips what is left of `DRAIN_DELAY_S` (a second signal). The goodbyes
+   * and close handshakes still run to the deadline.
    */
   hurry(): void;
 }
@@ -355,6 +356,7 @@ export async function startServer(settings: Settings): Promise<Server> {
       span?.setAttributes({
         "sockeye.drain.reason": reason,
         "sockeye.drain.closed": report.closed,
+        "sockeye.drain.dropped": report.dropped,
         "sockeye.drain.forced": report.forced,
         "sockeye.drain.duration": report.shutdownSeconds,
       });
@@ -375,6 +377,9 @@ export async function startServer(settings: Settings): Promise<Server> {
 /**
  * The drain: readiness 503 → drain delay → refuse upgrades → bye + 1001 to
  * every socket → wait for close handshakes → force the rest → stop.
+ *
+ * A second signal (`hurry`) cuts only the drain delay: cutting the handshake
+ * wait would end sockets whose close frame is still in flight.
  */
 async function runDrain(reason: string, ctx: {
   settings: Settings;
@@ -406,9 +411,7 @@ async function runDrain(reason: string, ctx: {
     await abortableDelay(settings.drainDelayS * 1000, hurry);
   }
   lifecycle.refuseUpgrades();
-  const result = await hub.closeAll(
-    hurry.aborted ? performance.now() : deadline,
-  );
+  const result = await hub.closeAll(deadline);
   const shutdownSeconds = (performance.now() - start) / 1000;
   metrics.shutdownTime.set(shutdownSeconds);
   // Every socket is closed or forced: the drain's time is final from here.
@@ -417,6 +420,12 @@ async function runDrain(reason: string, ctx: {
     log.warning("Drain deadline reached: forcing {forced} sockets closed", {
       forced: result.forced,
     });
+  }
+  if (result.dropped > 0) {
+    log.warning(
+      "Drain: {dropped} sockets ended without the client's close frame",
+      { dropped: result.dropped },
+    );
   }
   // A profile in progress ends now, so no request holds a listener open.
   ctx.admin.profiler.close();
@@ -433,6 +442,7 @@ async function runDrain(reason: string, ctx: {
   log.info("Drain complete", {
     shutdown_seconds: round6(shutdownSeconds),
     closed: result.closed,
+    dropped: result.dropped,
     forced: result.forced,
   });
   return { ...result, shutdownSeconds, overran };

@@ -225,6 +225,18 @@ export const SETTINGS = {
     schema: numberSchema({ min: 0 }),
     doc: "text frames per second per socket; 0 = off",
   }),
+  /**
+   * Payload bytes a socket may have queued in the runtime (`bufferedAmount`)
+   * before it is closed with 1008 as a slow consumer; each queued frame costs
+   * about 1 KiB of process memory whatever its payload.
+   */
+  maxBufferedBytes: setting({
+    env: "MAX_BUFFERED_BYTES",
+    default: "65536",
+    schema: numberSchema({ min: 1024, max: 1024 * 1024 * 1024, integer: true }),
+    doc: "payload bytes queued to one socket before it is closed with 1008 " +
+      "slow_consumer (1 KiB – 1 GiB); each queued frame costs ~1 KiB",
+  }),
   /** Seconds without a pong before a socket is dropped; 0 turns it off. */
   idleTimeoutS: setting({
     env: "IDLE_TIMEOUT_S",

@@ -245,6 +245,17 @@ export interface RawUpgrade extends Disposable {
    */
   sendText(text: string): Promise<number>;
   /**
+   * Sends one frame of any size exactly as given, rule-breaking ones too.
+   *
+   * @param head First byte: FIN, RSV1-3 and the opcode (0x81 is a final text frame).
+   * @param payload The payload, masked with a random key unless `masked` is false.
+   */
+  sendFrame(
+    head: number,
+    payload: Uint8Array,
+    options?: { masked?: boolean },
+  ): Promise<void>;
+  /**
    * Reads frames until a close frame arrives, answering nothing (no pongs).
    *
    * @returns The close code and the opcodes seen before it.
@@ -313,6 +324,31 @@ export async function rawUpgrade(
       frame.set(mask, 2);
       payload.forEach((b, i) => frame[6 + i] = b ^ mask[i % 4]!);
       return conn.write(frame);
+    },
+    async sendFrame(head, payload, { masked = true } = {}) {
+      const size = payload.length;
+      const ext = size < 126 ? 0 : size < 65536 ? 2 : 8;
+      const frame = new Uint8Array(2 + ext + (masked ? 4 : 0) + size);
+      const view = new DataView(frame.buffer);
+      frame[0] = head;
+      frame[1] = (masked ? 0x80 : 0) |
+        (ext === 0 ? size : ext === 2 ? 126 : 127);
+      if (ext === 2) view.setUint16(2, size);
+      if (ext === 8) view.setBigUint64(2, BigInt(size));
+      let off = 2 + ext;
+      if (masked) {
+        const mask = crypto.getRandomValues(new Uint8Array(4));
+        frame.set(mask, off);
+        off += 4;
+        for (let i = 0; i < size; i++) {
+          frame[off + i] = payload[i]! ^ mask[i % 4]!;
+        }
+      } else {
+        frame.set(payload, off);
+      }
+      for (let done = 0; done < frame.length;) {
+        done += await conn.write(frame.subarray(done));
+      }
     },
     async readUntilClose() {
       const opcodes: number[] = [];

@@ -243,6 +243,7 @@ Deno.test("bad settings exit 2 naming the variable", async () => {
     ["SHUTDOWN_TIMEOUT_S", "-1"],
     ["MAX_MESSAGE_BYTES", "1.5"],
     ["MAX_CONNECTIONS", "-3"],
+    ["MAX_BUFFERED_BYTES", "100"],
     ["LOG_LEVEL", "loud"],
     ["LOG_FORMAT", "xml"],
     ["COLOR", "Blue Team"],
@@ -296,4 +297,132 @@ Deno.test("healthcheck exits 0 against a live server and 1 against none", async 
   const port = (closed.addr as Deno.NetAddr).port;
   closed.close();
   assert.equal((await run(`http://127.0.0.1:${port}/healthz`)).code, 1);
+});
+
+/** What one streaming client saw of a drain. */
+interface StreamResult {
+  /** The last `{"count": n}` received. */
+  lastCount: number;
+  /** The bye frame, if one arrived. */
+  bye: string | undefined;
+  /** The close code (1006 when the connection ended without a close frame). */
+  code: number;
+}
+
+/**
+ * Opens `n` clients, each counted once (so the server has opened them all),
+ * then starts them sending as fast as they can until their bye arrives. Even
+ * ones keep 8 frames in flight, one more per reply (closed loop); odd ones
+ * send 2 frames every 10 ms whatever comes back (open loop), unless their
+ * last ones are still unsent.
+ *
+ * @returns `streaming` resolves once nine in ten clients had a reply to
+ *   their stream (under load the runtime can leave a socket unread for
+ *   seconds); `results` once every client closed.
+ */
+async function openStreaming(
+  url: string,
+  n: number,
+): Promise<{ streaming: Promise<void>; results: Promise<StreamResult[]> }> {
+  const clients = await openMany(url, n);
+  await within(
+    Promise.all(clients.map((c) => c.ask("x"))),
+    "a first count on every client",
+  );
+  const results: Promise<StreamResult>[] = [];
+  let replying = 0;
+  const streaming = Promise.withResolvers<void>();
+  clients.forEach(({ ws }, i) => {
+    const openLoop = i % 2 === 1;
+    const done = Promise.withResolvers<StreamResult>();
+    const result: StreamResult = { lastCount: 1, bye: undefined, code: 0 };
+    const send = (k: number) => {
+      for (let j = 0; j < k; j++) ws.send("x");
+    };
+    const timer = openLoop
+      ? setInterval(() => ws.bufferedAmount === 0 && send(2), 10)
+      : undefined;
+    ws.onmessage = (e) => {
+      const text = String(e.data);
+      if (text.startsWith('{"count": ')) {
+        if (result.lastCount === 1 && ++replying >= 0.9 * n) {
+          streaming.resolve();
+        }
+        result.lastCount = Number(text.slice(10, -1));
+        if (!openLoop && result.bye === undefined) send(1);
+      } else if (text.startsWith('{"bye": ')) {
+        result.bye = text;
+        clearInterval(timer);
+      }
+    };
+    ws.onclose = (e) => {
+      clearInterval(timer);
+      result.code = e.code === 0 ? 1006 : e.code;
+      done.resolve(result);
+    };
+    if (!openLoop) send(8);
+    results.push(done.promise);
+  });
+  return { streaming: streaming.promise, results: Promise.all(results) };
+}
+
+/** Summarises what streaming clients saw: close codes and byes, by kind. */
+function tally(results: StreamResult[]): string {
+  const codes: Record<number, number> = {};
+  for (const r of results) codes[r.code] = (codes[r.code] ?? 0) + 1;
+  const byes = results.filter((r) => r.bye !== undefined).length;
+  const right =
+    results.filter((r) => r.bye === `{"bye": true, "total": ${r.lastCount}}`)
+      .length;
+  return `close codes ${JSON.stringify(codes)}, ${byes} byes, ${right} with ` +
+    `the right total, of ${results.length}`;
+}
+
+async function streamingDrain(secondSignal: boolean): Promise<void> {
+  const n = 500;
+  // With a second signal, a drain delay it must cut short.
+  await using proc = await spawnServer({
+    SHUTDOWN_TIMEOUT_S: "10",
+    DRAIN_DELAY_S: secondSignal ? "6" : "0",
+  });
+  const url = `ws://127.0.0.1:${proc.port}/ws/chat/`;
+  const { streaming, results } = await openStreaming(url, n);
+  await within(streaming, "every client streaming");
+  proc.child.kill("SIGTERM");
+  if (secondSignal) {
+    await proc.waitForLine(
+      (l) => l.message === "Drain started by SIGTERM",
+      "the drain start",
+    );
+    proc.child.kill("SIGTERM");
+  }
+  const status = await within(proc.status, "exit after SIGTERM", 15_000);
+  const seen = await within(results, "every client closed");
+  const drainLines = proc.lines.filter((l) => l.includes('"Drain'));
+  const summary = `${tally(seen)}; server: ${drainLines.join(" ")}`;
+  assert.equal(status.code, 0, summary);
+  seen.forEach((r, i) => {
+    assert.equal(r.code, 1001, `client ${i}: ${summary}`);
+    assert.equal(
+      r.bye,
+      `{"bye": true, "total": ${r.lastCount}}`,
+      `client ${i}: ${summary}`,
+    );
+  });
+  const complete = JSON.parse(drainLines.at(-1)!);
+  assert.equal(complete.message, "Drain complete");
+  assert.equal(complete.closed, n, summary);
+  assert.equal(complete.dropped, 0, summary);
+  assert.equal(complete.forced, 0, summary);
+  if (secondSignal) {
+    assert.ok(complete.shutdown_seconds < 5, "the drain delay was skipped");
+  }
+}
+
+Deno.test("SIGTERM drains clients streaming at full speed: every one gets bye + 1001", async () => {
+  await streamingDrain(false);
+});
+
+Deno.test("a second SIGTERM skips only DRAIN_DELAY_S: streaming clients still get bye + 1001", async () => {
+  await streamingDrain(true);
 });

@@ -23,7 +23,14 @@ function readmeRefusals(): Set<string> {
     assert.ok(errorType, `no error_type in README row: ${line}`);
     const close = /^close `(\d{4})`/.exec(answer)?.[1];
     const status = /^HTTP `(\d{3})`/.exec(answer)?.[1];
-    const kind = close ? `close ${close}` : status ? `http ${status}` : "frame";
+    const drop = answer.startsWith("the connection ends");
+    const kind = close
+      ? `close ${close}`
+      : status
+      ? `http ${status}`
+      : drop
+      ? "drop"
+      : "frame";
     pairs.add(`${errorType} ${kind}`);
   }
   return pairs;
@@ -37,7 +44,7 @@ Deno.test("the README's refusal table matches the refusal module, row for row", 
           ? `close ${r.code}`
           : r.kind === "http"
           ? `http ${r.status}`
-          : "frame"
+          : r.kind
       }`
     ),
   );

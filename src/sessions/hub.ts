@@ -20,11 +20,21 @@ import {
 import type { CloseRefusal } from "./refusals.ts";
 import type { SessionHandle } from "./store.ts";
 
+/** How often the drain looks for sockets whose client stopped sending, in ms. */
+const QUIET_POLL_MS = 50;
+
 /**
- * A socket whose unsent bytes exceed this is a slow consumer: it is closed
- * with 1008 at the next heartbeat instead of growing the server's memory.
+ * How long no frame may arrive on a socket after its bye before the drain
+ * closes it, in ms: longer than a round trip plus a busy client's pause, so
+ * the frames a client sent before it read the bye have all arrived.
  */
-export const SLOW_CONSUMER_BYTES = 4 * 1024 * 1024;
+const QUIET_MS = 500;
+
+/**
+ * Longest the drain waits for a client to stop sending after its bye before
+ * closing anyway, in ms (also at most half the time left to the deadline).
+ */
+const MAX_LINGER_MS = 3000;
 
 /** Options for {@link Hub}. */
 export interface HubOptions {
@@ -36,10 +46,19 @@ export interface HubOptions {
   readonly tracing: TracingOptions;
 }
 
-/** What a drain did. */
+/** What a drain did; the three add up to the sockets open when it began. */
 export interface DrainResult {
-  /** Sockets that completed the close handshake. */
+  /**
+   * Sockets that ended cleanly: the client's close frame (or its end of
+   * stream) arrived after ours.
+   */
   readonly closed: number;
+  /**
+   * Sockets the runtime dropped before the client's close arrived: it ends
+   * a server socket at once when data arrives after its close frame (or on a
+   * protocol error), which may destroy that close frame in flight.
+   */
+  readonly dropped: number;
   /** Sockets still open at the deadline, left to be force-closed. */
   readonly forced: number;
 }
@@ -149,12 +168,8 @@ export class Hub implements ConnectionOwner {
     let sent = 0;
     for (const conn of this.#connections) {
       if (conn.closing || !conn.open) continue;
-      if (conn.socket.bufferedAmount > SLOW_CONSUMER_BYTES) {
-        conn.reject(
-          CloseCode.policyViolation,
-          "slow_consumer",
-          "slow consumer",
-        );
+      if (conn.socket.bufferedAmount > this.#limits.maxBufferedBytes) {
+        conn.rejectSlowConsumer();
         continue;
       }
       conn.socket.send(frame);
@@ -167,38 +182,87 @@ export class Hub implements ConnectionOwner {
    * Says goodbye to every socket and waits for the close handshakes.
    *
    * Each open socket gets `{"bye": true, "total": n}` (n read from the store)
-   * and a close with 1001. Resolves when all have closed or at `deadline`.
+   * and, once its client has stopped sending (or after at most
+   * `MAX_LINGER_MS`), a close with 1001. Resolves when all have closed or at
+   * `deadline`.
+   *
+   * The close waits because Deno ends a server socket as soon as a data
+   * frame arrives after its close frame, and a TCP socket closed with unread
+   * input sends a reset that destroys what is still in flight to the client
+   * (the close frame with it): a client streaming at full speed would see
+   * its connection drop instead of 1001. A client stops once it reads the bye,
+   * or when its frames go unanswered; then its close frame comes back.
    *
    * @param deadline `performance.now()` value after which waiting stops.
-   * @returns How many closed and how many were still open.
+   * @returns How many closed cleanly, were dropped, or were still open.
    */
   async closeAll(deadline: number): Promise<DrainResult> {
     this.stopHeartbeat();
     const conns = [...this.#connections];
-    const before = conns.length;
-    if (before > 0) {
-      this.#emptied = Promise.withResolvers();
-      await withDeadline(
-        Promise.all(conns.map((conn) => this.#sayGoodbye(conn))),
-        deadline,
-      );
-      await withDeadline(this.#emptied.promise, deadline);
+    if (conns.length === 0) return { closed: 0, dropped: 0, forced: 0 };
+    this.#emptied = Promise.withResolvers();
+    await withDeadline(
+      Promise.all(conns.map((conn) => this.#sayGoodbye(conn))),
+      deadline,
+    );
+    const now = performance.now();
+    const lingerEnd = Math.min(now + MAX_LINGER_MS, (now + deadline) / 2);
+    await this.#closeWhenQuiet(conns, lingerEnd);
+    await withDeadline(this.#emptied.promise, deadline);
+    let closed = 0;
+    let dropped = 0;
+    for (const conn of conns) {
+      if (this.#connections.has(conn)) continue;
+      if (conn.cleanClose) closed++;
+      else dropped++;
     }
-    const forced = this.#connections.size;
-    return { closed: before - forced, forced };
+    return { closed, dropped, forced: conns.length - closed - dropped };
   }
 
   async #sayGoodbye(conn: Connection): Promise<void> {
-    if (conn.open && !conn.closing) {
-      // Stop counting first, so the total read next is the final one.
-      conn.closing = true;
-      try {
-        conn.socket.send(byeFrame(await conn.session.total()));
-      } catch (error) {
-        conn.log.warning("Cannot send bye frame: {error}", { error });
-      }
+    if (!conn.open || conn.closing) return;
+    // Stop counting first, so the total read next is the final one.
+    conn.closing = true;
+    try {
+      conn.socket.send(byeFrame(await conn.session.total()));
+    } catch (error) {
+      conn.log.warning("Cannot send bye frame: {error}", { error });
     }
-    conn.close(CloseCode.goingAway, "server shutting down");
+  }
+
+  /**
+   * Closes each socket with 1001 once no frame has arrived on it for
+   * `QUIET_MS`, and every socket at `lingerEnd`.
+   */
+  async #closeWhenQuiet(
+    conns: readonly Connection[],
+    lingerEnd: number,
+  ): Promise<void> {
+    let now = performance.now();
+    let pending = conns.map((conn) => ({
+      conn,
+      seen: conn.ignored,
+      since: now,
+    }));
+    while (pending.length > 0) {
+      const polled = now;
+      await new Promise((resolve) => setTimeout(resolve, QUIET_POLL_MS));
+      now = performance.now();
+      // After a blocked event loop, frames that arrived meanwhile may not
+      // have been read yet: a late poll proves no quiet.
+      const late = now - polled > 2 * QUIET_POLL_MS;
+      const last = now >= lingerEnd;
+      pending = pending.filter((p) => {
+        if (!this.#connections.has(p.conn)) return false;
+        if (late || p.conn.ignored !== p.seen) {
+          p.seen = p.conn.ignored;
+          p.since = now;
+        }
+        if (!last && now - p.since < QUIET_MS && p.conn.open) return true;
+        p.conn.close(CloseCode.goingAway, "server shutting down");
+        return false;
+      });
+    }
   }
 
   /** Stops the heartbeat timer. */

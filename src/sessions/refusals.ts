@@ -73,8 +73,23 @@ export interface FrameRefusal {
   readonly level: "warning" | "error";
 }
 
+/**
+ * A violation the runtime answers itself by ending the connection (no close
+ * frame, or 1002 for a bad close frame); sockeye counts and logs it.
+ */
+export interface DropRefusal {
+  /** How the cause is answered. */
+  readonly kind: "drop";
+  /** `websocket_errors_total` label. */
+  readonly errorType: string;
+  /** What the log line says. */
+  readonly reason: string;
+  /** Level of the cause's log line. */
+  readonly level: "warning" | "error";
+}
+
 /** Any refusal. */
-export type Refusal = CloseRefusal | HttpRefusal | FrameRefusal;
+export type Refusal = CloseRefusal | HttpRefusal | FrameRefusal | DropRefusal;
 
 function close(
   code: number,
@@ -83,6 +98,10 @@ function close(
   level: "warning" | "error" = "warning",
 ): CloseRefusal {
   return Object.freeze({ kind: "close", code, errorType, reason, level });
+}
+
+function drop(errorType: string, reason: string): DropRefusal {
+  return Object.freeze({ kind: "drop", errorType, reason, level: "warning" });
 }
 
 function http(
@@ -132,8 +151,10 @@ export interface Refusals {
   readonly slowConsumer: CloseRefusal;
   /** No pong within `IDLE_TIMEOUT_S`: 1001 (sent by the runtime). */
   readonly idleTimeout: CloseRefusal;
-  /** A frame the runtime rejects: 1002 when it can send one. */
-  readonly protocolError: CloseRefusal;
+  /** A frame breaking RFC 6455: the runtime ends the connection. */
+  readonly protocolError: DropRefusal;
+  /** A frame announcing 64 MiB or more: the runtime ends the connection. */
+  readonly frameHeaderTooBig: DropRefusal;
   /** An internal error while counting: 1011. */
   readonly internal: CloseRefusal;
   /** The store cannot count a frame: `{"error": "unavailable", "retry": true}`. */
@@ -197,10 +218,10 @@ export const REFUSALS: Refusals = Object.freeze({
     "idle_timeout",
     "no pong within the idle timeout",
   ),
-  protocolError: close(
-    CloseCode.protocolError,
-    "protocol_error",
-    "protocol error",
+  protocolError: drop("protocol_error", "WebSocket dropped by the runtime"),
+  frameHeaderTooBig: drop(
+    "message_too_big",
+    "WebSocket dropped by the runtime: frame too large",
   ),
   internal: close(
     CloseCode.internalError,

@@ -30,6 +30,8 @@ export const CloseCode = {
   normal: 1000,
   /** 1001: going away (drain, idle timeout). */
   goingAway: 1001,
+  /** 1002: protocol error (sent by the runtime for an invalid close code). */
+  protocolError: 1002,
   /** 1003: unsupported data (binary frame). */
   unsupportedData: 1003,
   /** 1008: policy violation (rate limit, slow consumer). */
@@ -67,7 +69,34 @@ export interface FrameLimits {
   readonly maxMessageBytes: number;
   /** Frames per second per socket; 0 is off. */
   readonly rateLimitPerS: number;
+  /**
+   * Payload bytes queued in the runtime and not yet taken by the kernel
+   * (`bufferedAmount`) above which a socket is closed as a slow consumer.
+   */
+  readonly maxBufferedBytes: number;
 }
+
+/**
+ * The error messages with which Deno 2.9's WebSocket (fastwebsockets 0.8)
+ * reports a frame breaking RFC 6455 just before it drops the connection, and
+ * the `websocket_errors_total` label each counts as. Any other message means
+ * the client went away ("Unexpected EOF", or an I/O error such as
+ * "Connection reset by peer (os error 104)") and is not an error of ours.
+ */
+const RUNTIME_REJECTIONS: ReadonlyMap<string, string> = new Map([
+  ["Invalid UTF-8", "protocol_error"], // text payload or close reason, §8.1
+  ["Invalid string data", "protocol_error"], // the same, found later
+  ["Reserved bits are not zero", "protocol_error"], // RSV1-3, no extension, §5.2
+  ["Invalid value", "protocol_error"], // reserved opcode, §5.2
+  ["Ping frame too large", "protocol_error"], // control payload over 125, §5.5
+  ["Control frame must not be fragmented", "protocol_error"], // §5.5
+  ["Invalid fragment", "protocol_error"], // data frame inside a message, §5.4
+  ["Invalid continuation frame", "protocol_error"], // nothing to continue, §5.4
+  ["Invalid close frame", "protocol_error"], // 1-byte close payload, §5.5.1
+  ["Invalid close code", "protocol_error"], // answered with 1002, §7.4
+  // 64 MiB or more: refused from its header, before the payload is read.
+  ["Frame too large", "message_too_big"],
+]);
 
 /** What a connection needs from the hub that owns it. */
 export interface ConnectionOwner {
@@ -153,12 +182,26 @@ export class Connection {
   messages = 0;
   /** Set once the server has started closing; later frames are ignored. */
   closing = false;
+  /**
+   * Frames that arrived after {@link closing} was set (ignored, not counted).
+   * The drain sends its close only once this stops growing.
+   */
+  ignored = 0;
+  /**
+   * Whether the socket ended cleanly: the peer's close frame, or its end of
+   * stream after ours. `false` when the runtime dropped it (a protocol
+   * error, or data arriving after our close frame, which ends the connection
+   * at once and may destroy that close frame in flight).
+   */
+  cleanClose = false;
   /** The connection's span while tracing samples it. */
   readonly span: Span | undefined;
   readonly #openedAt = performance.now();
   readonly #metrics: Metrics;
   #sentCode: number | undefined;
   #done = false;
+  /** The runtime's message when it rejected a frame (see RUNTIME_REJECTIONS). */
+  #rejectedBy: string | undefined;
 
   /**
    * Wires the socket's events. The socket may still be connecting.
@@ -206,6 +249,7 @@ export class Connection {
     const metrics = this.#metrics = deps.metrics;
     const frames: FrameStats = metrics.frames;
     const maxBytes = deps.limits.maxMessageBytes;
+    const maxBuffered = deps.limits.maxBufferedBytes;
     // Strings up to a third of the limit in UTF-16 units cannot exceed it.
     const safeLength = Math.floor(maxBytes / 3);
     const limiter = deps.limits.rateLimitPerS > 0
@@ -224,11 +268,19 @@ export class Connection {
       }
     };
 
+    // Each frame the runtime cannot hand to the kernel yet costs ~1 KiB of
+    // memory whatever its payload: check the backlog where it grows (one
+    // fast-op read, ~40 ns), so a client that sends and never reads is closed
+    // before it costs more than about 85 × maxBuffered bytes.
+    const checkBacklog = () => {
+      if (socket.bufferedAmount > maxBuffered) this.rejectSlowConsumer();
+    };
     const reply = (count: number, start: number) => {
       if (this.closing) return;
       socket.send(countFrame(count));
       frames.sent++;
       frames.observe((performance.now() - start) / 1000);
+      checkBacklog();
       // A property load per frame while the level is above debug.
       if (levelFlags.debug) this.log.debug("Frame answered {count}", { count });
     };
@@ -239,6 +291,7 @@ export class Connection {
         if (!this.closing) {
           socket.send(UNAVAILABLE_FRAME);
           frames.sent++;
+          checkBacklog();
         }
         return;
       }
@@ -247,7 +300,10 @@ export class Connection {
     };
 
     socket.onmessage = (event: MessageEvent) => {
-      if (this.closing) return;
+      if (this.closing) {
+        this.ignored++;
+        return;
+      }
       const data = event.data;
       if (typeof data !== "string") {
         return this.reject(
@@ -311,9 +367,16 @@ export class Connection {
     };
 
     socket.onerror = (event) => {
-      this.log.debug("WebSocket error: {message}", {
-        message: (event as ErrorEvent).message,
-      });
+      const message = (event as ErrorEvent).message;
+      if (RUNTIME_REJECTIONS.has(message)) {
+        // The close event follows at once; it counts and logs this.
+        this.#rejectedBy ??= message;
+        if (message === "Invalid close code") {
+          this.#sentCode ??= CloseCode.protocolError;
+        }
+        return;
+      }
+      this.log.debug("WebSocket error: {message}", { message });
     };
 
     socket.onclose = (event: CloseEvent) => {
@@ -321,6 +384,7 @@ export class Connection {
       if (this.#done) return;
       this.#done = true;
       this.closing = true;
+      this.cleanClose = event.wasClean;
       session.release();
       info.onClose?.();
       // The code this server sent wins; Deno reports 0 for a connection that
@@ -328,7 +392,17 @@ export class Connection {
       const code = this.#sentCode ?? (event.code === 0 ? 1006 : event.code);
       metrics.disconnects.labels(KNOWN_CODES.has(code) ? String(code) : "other")
         .inc();
-      if (event.reason === IDLE_CLOSE_REASON) {
+      const rejectedBy = this.#rejectedBy;
+      if (rejectedBy !== undefined) {
+        const errorType = RUNTIME_REJECTIONS.get(rejectedBy)!;
+        metrics.error(errorType);
+        recordError(span, errorType, rejectedBy);
+        this.log.warning("WebSocket dropped by the runtime: {reason}", {
+          reason: rejectedBy,
+          close_code: code,
+          error_type: errorType,
+        });
+      } else if (event.reason === IDLE_CLOSE_REASON) {
         metrics.error("idle_timeout");
         recordError(span, "idle_timeout", event.reason);
         this.log.warning("WebSocket dropped: no pong within the idle timeout", {
@@ -376,6 +450,11 @@ export class Connection {
       error_type: errorType,
     });
     this.close(code, reason);
+  }
+
+  /** Closes the socket with 1008 as a slow consumer (it does not read). */
+  rejectSlowConsumer(): void {
+    this.reject(CloseCode.policyViolation, "slow_consumer", "slow consumer");
   }
 
   /**
