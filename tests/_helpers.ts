@@ -591,7 +591,8 @@ export interface TestNginx extends AsyncDisposable {
 export interface NginxOptions {
   /**
    * Requests in progress per client address (the shipped `limit_conn` is
-   * 100): a load test plays thousands of clients from one address.
+   * 100): a load test plays thousands of clients from one address. The
+   * workers' open-file limit is raised to match.
    */
   readonly perClientLimit?: number;
 }
@@ -620,6 +621,12 @@ export async function startNginx(
     conf = conf.replace(
       limit,
       `limit_conn per_client ${options.perClientLimit};`,
+    ).replace(
+      // Two descriptors per proxied client, whatever the test's own limit.
+      "worker_processes auto;",
+      `worker_processes auto;\nworker_rlimit_nofile ${
+        2 * options.perClientLimit + 1024
+      };`,
     );
   }
   await Deno.writeTextFile(`${dir}/nginx.conf`, conf);

@@ -62,7 +62,9 @@ export interface LoadtestOptions {
   readonly reconnectBackoffMs?: number;
   /**
    * Aborting ends the run early: no new sockets or messages, replies in
-   * flight are awaited, then every socket closes and the report is made.
+   * flight are awaited (with `reconnect`, a client reconnecting finishes
+   * resuming and checks it with one frame), then every socket closes and
+   * the report is made.
    */
   readonly signal?: AbortSignal;
   /** Called about twice a second with a one-line progress summary. */
@@ -89,10 +91,21 @@ export interface Percentiles {
 
 /** What the clients of a `reconnect` run saw of the server's closes. */
 export interface ReconnectReport {
-  /** Closes the server started, by close code (RFC 6455), e.g. `{"1001": 2000}`. */
+  /**
+   * Closes the server started, by close code (RFC 6455; 1006 when no close
+   * frame was read), e.g. `{"1001": 2000}`.
+   */
   readonly closes: Readonly<Record<string, number>>;
   /** `{"bye": true, "total": n}` frames received. */
   readonly byes: number;
+  /**
+   * 1006 closes that came after a bye: the goodbye arrived, the close frame
+   * did not. Deno's WebSocket client reports this when a frame it was
+   * sending crossed the server's close: it writes that frame after
+   * answering the close, the peer resets the connection, and the close
+   * frame already read is reported as none.
+   */
+  readonly resetsAfterBye: number;
   /** Reconnects whose session frame said `"resumed": true`. */
   readonly resumes: number;
   /** Clients that resumed their session at least once. */
@@ -109,6 +122,18 @@ export interface ReconnectReport {
    * above the last known plus the frames still unanswered.
    */
   readonly repeated: number;
+  /**
+   * Frames the server did not count, by its bye total or resumed count:
+   * sent as it stopped counting, or lost with their socket. Not an error:
+   * they were never answered; with `messages` they are sent again.
+   */
+  readonly uncounted: number;
+  /**
+   * Frames the server counted whose reply never came: the socket closed
+   * first (the bye total or resumed count holds them). With `lost` and
+   * `repeated` at 0, `sent` = `ok` + `uncounted` + `unanswered`.
+   */
+  readonly unanswered: number;
   /** Gap samples: closes followed by a reply on a resumed socket. */
   readonly gaps: number;
   /** Client-visible gap, close → first reply after resuming, in ms. */
@@ -280,6 +305,9 @@ export async function runLoadtest(
   const closes: Record<string, number> = {};
   const gaps = new Samples();
   let byes = 0;
+  let resetsAfterBye = 0;
+  let uncounted = 0;
+  let unanswered = 0;
   let resumes = 0;
   let clientsResumed = 0;
   let failedAttempts = 0;
@@ -539,10 +567,12 @@ export async function runLoadtest(
       const poke = () => {
         if (idle()) finish(false);
       };
-      const send = () => {
+      // `resuming`: the first frame after a resume checks it, also while
+      // the run is ending.
+      const send = (resuming = false) => {
         if (
-          ws === undefined || saidBye || remaining === 0 || stopping ||
-          ws.readyState !== WebSocket.OPEN
+          ws === undefined || saidBye || remaining === 0 ||
+          (stopping && !resuming) || ws.readyState !== WebSocket.OPEN
         ) return;
         remaining--;
         sent++;
@@ -555,7 +585,10 @@ export async function runLoadtest(
         const counted = count - last;
         if (counted < 0) lost += -counted;
         else if (counted > inFlight) repeated += counted - inFlight;
-        const notCounted = inFlight - Math.min(Math.max(counted, 0), inFlight);
+        const countedHere = Math.min(Math.max(counted, 0), inFlight);
+        const notCounted = inFlight - countedHere;
+        unanswered += countedHere;
+        uncounted += notCounted;
         // Frames the server never counted are sent again, as a client
         // acknowledging by count does.
         if (remaining !== Infinity) remaining += notCounted;
@@ -603,8 +636,11 @@ export async function runLoadtest(
       const onClose = (event: CloseEvent) => {
         open--;
         if (finished) return;
-        const code = String(event.code);
+        // Deno reports 0 for a connection that ended without a close frame
+        // it could read, which RFC 6455 §7.1.5 calls 1006.
+        const code = event.code === 0 ? 1006 : event.code;
         closes[code] = (closes[code] ?? 0) + 1;
+        if (code === 1006 && saidBye) resetsAfterBye++;
         closedAt ??= performance.now();
         unresolved += pending.length;
         pending.length = 0;
@@ -645,7 +681,7 @@ export async function runLoadtest(
           unresolved = 0;
           if (timedOut) return finish(true);
           // At once rather than at the next tick: the gap ends with this reply.
-          send();
+          send(true);
           poke();
         }, wait);
       };
@@ -732,11 +768,14 @@ export async function runLoadtest(
         reconnect: {
           closes,
           byes,
+          resetsAfterBye,
           resumes,
           clientsResumed,
           failedAttempts,
           lost,
           repeated,
+          uncounted,
+          unanswered,
           gaps: gaps.length,
           gapMs: percentiles(gaps.values()),
         },
@@ -869,9 +908,11 @@ export function formatReport(r: LoadtestReport): string {
     `connect      ${p(r.connectMs)}`,
     ...(rc
       ? [
-        `closes       ${byCode(rc.closes)} (by the server); ${rc.byes} byes`,
+        `closes       ${
+          byCode(rc.closes)
+        } (by the server); ${rc.byes} byes, ${rc.resetsAfterBye} of them followed by 1006`,
         `resumed      ${rc.resumes} reconnects by ${rc.clientsResumed} clients, ${rc.failedAttempts} failed attempts`,
-        `continuity   lost ${rc.lost}, repeated ${rc.repeated}`,
+        `continuity   lost ${rc.lost}, repeated ${rc.repeated}; at closes ${rc.uncounted} frames not counted, ${rc.unanswered} counted without a reply`,
         `gap          ${p(rc.gapMs)} (close → first reply, ${rc.gaps} samples)`,
       ]
       : []),

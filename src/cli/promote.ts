@@ -381,6 +381,9 @@ export async function runPromote(options: PromoteOptions): Promise<number> {
       }/ws/chat/ answers as in step 2; else restore ${file}, reload, exit 1`,
       async run() {
         let seen = "no answer";
+        // Several answers in a row: after a reload, workers of the old
+        // configuration accept for a moment longer.
+        let inARow = 0;
         await waitFor(
           async () => {
             const res = await get(
@@ -390,9 +393,9 @@ export async function runPromote(options: PromoteOptions): Promise<number> {
             seen = res === undefined
               ? "no answer"
               : `${res.status} ${JSON.stringify(res.body.color ?? null)}`;
-            return res?.status === 200 && res.body.color === target
-              ? "ok"
-              : undefined;
+            const on = res?.status === 200 && res.body.color === target;
+            inARow = on ? inARow + 1 : 0;
+            return inARow >= 3 ? "ok" : undefined;
           },
           waitMs,
           () =>
