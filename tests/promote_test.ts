@@ -273,6 +273,23 @@ Deno.test("promote refuses a green that is not ready or answers wrong bytes: pro
       /^2\/6 smoke test green .*FAILED: expected \{"type": "session", "session_uuid": "promote-smoke-[0-9a-f-]{36}", "count": 1, "resumed": true\}, got \{"type": "session", "session_uuid": "x", "count": 0, "resumed": false\}$/m,
     );
     await untouched();
+
+    // Promoting the live color changes nothing and succeeds.
+    const live = await promote([
+      "blue",
+      "--upstream-file",
+      nginx.upstreamFile,
+      "--blue-upstream",
+      `127.0.0.1:${blue.port}`,
+      "--drain-cmd",
+      `touch ${dir}/drained-{color}`,
+    ]);
+    assert.equal(live.code, 0, live.stderr);
+    assert.match(
+      live.stdout,
+      /^blue is already live \(.* names 127\.0\.0\.1:\d+\): nothing to do$/m,
+    );
+    await untouched();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
