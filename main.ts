@@ -2,8 +2,8 @@
  * sockeye: a WebSocket session service with production observability.
  *
  * `sockeye [serve]`, `sockeye healthcheck`, `sockeye loadtest`,
- * `sockeye monitor`, `sockeye config`, `sockeye admin`, `sockeye version`,
- * `sockeye help`; `--help` on each. See README.md.
+ * `sockeye monitor`, `sockeye promote`, `sockeye config`, `sockeye admin`,
+ * `sockeye version`, `sockeye help`; `--help` on each. See README.md.
  *
  * @module
  */
@@ -12,6 +12,7 @@ import { configCommand } from "./src/cli/config.ts";
 import { healthcheckCommand } from "./src/cli/healthcheck.ts";
 import { loadtestCommand } from "./src/cli/loadtest.ts";
 import { monitorCommand } from "./src/cli/monitor.ts";
+import { promoteCommand } from "./src/cli/promote.ts";
 import { serveCommand, settingHint } from "./src/cli/serve.ts";
 import { parseCommand, usageError } from "./src/cli/_args.ts";
 import { args, env, exit, print, printError } from "./src/platform.ts";
@@ -37,6 +38,10 @@ const COMMANDS: Readonly<Record<string, { summary: string; run: Run }>> = {
   monitor: {
     summary: "health, readiness, store, messages/s, latency, errors, logs",
     run: (rest) => monitorCommand(rest, env()),
+  },
+  promote: {
+    summary: "blue/green release: smoke tests, switch, rollback, standby",
+    run: (rest) => promoteCommand(rest),
   },
   config: {
     summary: "print the effective settings, secrets redacted",

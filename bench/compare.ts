@@ -9,6 +9,18 @@
  *
  * Usage:
  *   deno task bench [--targets bare,memory] [--sizes 100x1000,1000x100] [--repeat 3]
+ *   deno task bench --mode storm [--connects 10000] [--concurrency 200]
+ *   deno task bench --mode held [--held 19000]
+ *
+ * Modes: `messages` (the default: message throughput, latency and server
+ * CPU per message, above); `storm` (N connects, at most `--concurrency` in
+ * flight, each opens, sends one message, waits for `{"count": 1}` and
+ * closes, from `bench/storm_client.ts`: connects per second and server CPU
+ * per connection from `/proc`); `held` (N sockets opened by
+ * `bench/hold_client.ts`, one message each, then held: server RSS per held
+ * socket over the idle server's; then SIGTERM: seconds to exit, the
+ * `Drain complete` line's `shutdown_seconds`, `closed` and `forced`, and
+ * the close codes the clients saw).
  *
  * Targets: `bare` (bench/bare_server.ts), `memory` (sockeye, defaults),
  * `memory-quiet` (sockeye with LOG_LEVEL=warning: no per-connection lines),
@@ -36,9 +48,16 @@ import type { LoadtestReport } from "../src/cli/loadtest.ts";
 const ROOT = new URL("..", import.meta.url).pathname;
 const DENO = Deno.execPath();
 
+/** A started server; with `capture`, its stdout is read for the drain line. */
+interface Started {
+  readonly child: Deno.ChildProcess;
+  /** The `Drain complete` line, once the process has exited (captured only). */
+  drainLine(): Promise<Record<string, unknown> | undefined>;
+}
+
 interface Target {
   name: string;
-  start(port: number): Promise<Deno.ChildProcess>;
+  start(port: number, capture?: boolean): Promise<Started>;
   /** Extra `sockeye loadtest` arguments, e.g. `--token`. */
   loadtestArgs?: string[];
 }
@@ -83,14 +102,44 @@ function procStats(pid: number): { rssMiB: number; cpuS: number } {
   };
 }
 
-function spawn(args: string[], env: Record<string, string>) {
-  return new Deno.Command(DENO, {
+/** Reads a stream as lines of text. */
+async function* lines(stream: ReadableStream<Uint8Array>) {
+  let rest = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    rest += chunk;
+    let nl;
+    while ((nl = rest.indexOf("\n")) >= 0) {
+      yield rest.slice(0, nl);
+      rest = rest.slice(nl + 1);
+    }
+  }
+  if (rest) yield rest;
+}
+
+function spawn(
+  args: string[],
+  env: Record<string, string>,
+  capture = false,
+): Started {
+  const child = new Deno.Command(DENO, {
     args,
     env: { NO_COLOR: "1", ...env },
-    stdout: "null",
+    stdout: capture ? "piped" : "null",
     stderr: "null",
     stdin: "null",
   }).spawn();
+  // Every line is read (a full pipe would stall the server); only the
+  // drain line is kept.
+  const drain = capture
+    ? (async () => {
+      let found: Record<string, unknown> | undefined;
+      for await (const line of lines(child.stdout)) {
+        if (line.includes('"Drain complete"')) found = JSON.parse(line);
+      }
+      return found;
+    })()
+    : Promise.resolve(undefined);
+  return { child, drainLine: () => drain };
 }
 
 function sockeye(
@@ -100,14 +149,14 @@ function sockeye(
 ): Target {
   return {
     name,
-    async start(port) {
-      const child = spawn(["run", "-A", `${root}main.ts`, "serve"], {
+    async start(port, capture) {
+      const started = spawn(["run", "-A", `${root}main.ts`, "serve"], {
         PORT: String(port),
         HOST: "127.0.0.1",
         ...env,
-      });
+      }, capture);
       await waitForPort(port);
-      return child;
+      return started;
     },
   };
 }
@@ -139,10 +188,10 @@ function startOtlpSink(): { url: string; close(): Promise<void> } {
 function profilingOnDemand(name: string): Target {
   return {
     name,
-    async start(port) {
+    async start(port, capture) {
       const adminPort = freePort();
-      const child = await sockeye(name, { ADMIN_PORT: String(adminPort) })
-        .start(port);
+      const started = await sockeye(name, { ADMIN_PORT: String(adminPort) })
+        .start(port, capture);
       await waitForPort(adminPort);
       const url =
         `http://127.0.0.1:${adminPort}/debug/pprof/profile?seconds=10`;
@@ -154,7 +203,7 @@ function profilingOnDemand(name: string): Target {
           `Expected a 409 beside the profile, got ${first.status}`,
         );
       }
-      return child;
+      return started;
     },
   };
 }
@@ -218,8 +267,15 @@ const { values } = parseArgs({
     targets: { type: "string", default: "bare,memory" },
     sizes: { type: "string", default: "100x1000,1000x100" },
     repeat: { type: "string", default: "3" },
+    mode: { type: "string", default: "messages" },
+    connects: { type: "string", default: "10000" },
+    concurrency: { type: "string", default: "200" },
+    held: { type: "string", default: "19000" },
   },
 });
+if (!["messages", "storm", "held"].includes(values.mode)) {
+  throw new Error(`Unknown mode ${values.mode}: messages, storm or held`);
+}
 const sizes = values.sizes.split(",").map((s) => {
   const [c, n] = s.split("x").map(Number);
   return { connections: c!, messages: n! };
@@ -231,15 +287,19 @@ for (const name of values.targets.split(",")) {
   if (name === "bare") {
     targets.push({
       name,
-      async start(port) {
-        const child = spawn([
-          "run",
-          "--allow-net",
-          `${ROOT}bench/bare_server.ts`,
-          String(port),
-        ], {});
+      async start(port, capture) {
+        const started = spawn(
+          [
+            "run",
+            "--allow-net",
+            `${ROOT}bench/bare_server.ts`,
+            String(port),
+          ],
+          {},
+          capture,
+        );
         await waitForPort(port);
-        return child;
+        return started;
       },
     });
   } else if (name === "memory") {
@@ -267,16 +327,16 @@ for (const name of values.targets.split(",")) {
       }),
       loadtestArgs: ["--token", await benchToken(keys.privateKey, "RS256")],
     });
-  } else if (name === "redis") {
-    const redis = await startRedis();
-    cleanups.push(redis.stop);
-    targets.push(sockeye(name, { REDIS_URL: redis.url }));
   } else if (name === "profiling") {
     const sink = startOtlpSink();
     cleanups.push(sink.close);
     targets.push(sockeye(name, { PYROSCOPE_URL: sink.url }));
   } else if (name === "profile-on-demand") {
     targets.push(profilingOnDemand(name));
+  } else if (name === "redis") {
+    const redis = await startRedis();
+    cleanups.push(redis.stop);
+    targets.push(sockeye(name, { REDIS_URL: redis.url }));
   } else if (name.startsWith("otel-")) {
     const sink = startOtlpSink();
     cleanups.push(sink.close);
@@ -302,105 +362,313 @@ for (const name of values.targets.split(",")) {
   }
 }
 
-interface Row {
-  target: string;
-  size: string;
-  perSecond: number;
-  p50: number;
-  p99: number;
-  rssBefore: number;
-  rssAfter: number;
-  cpuUsPerMsg: number;
-  cpuUsPerConn: number;
-  errors: number;
-}
-const rows: Row[] = [];
-for (let r = 0; r < repeat; r++) {
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor((s.length - 1) / 2)]!;
+};
+
+if (values.mode === "storm") await storm();
+else if (values.mode === "held") await held();
+else await messages();
+for (const cleanup of cleanups) await cleanup();
+
+async function messages() {
+  interface Row {
+    target: string;
+    size: string;
+    perSecond: number;
+    p50: number;
+    p99: number;
+    rssBefore: number;
+    rssAfter: number;
+    cpuUsPerMsg: number;
+    cpuUsPerConn: number;
+    errors: number;
+  }
+  const rows: Row[] = [];
+  for (let r = 0; r < repeat; r++) {
+    for (const size of sizes) {
+      for (const target of targets) {
+        const port = freePort();
+        const { child } = await target.start(port);
+        const before = procStats(child.pid);
+        const out = await new Deno.Command(DENO, {
+          args: [
+            "run",
+            "-A",
+            `${ROOT}main.ts`,
+            "loadtest",
+            "--url",
+            `ws://127.0.0.1:${port}/ws/chat/`,
+            "-c",
+            String(size.connections),
+            "-n",
+            String(size.messages),
+            "--timeout",
+            "300",
+            "--json",
+            ...target.loadtestArgs ?? [],
+          ],
+          stdout: "piped",
+          stderr: "inherit",
+        }).output();
+        const after = procStats(child.pid);
+        child.kill("SIGTERM");
+        await child.status;
+        const report = JSON.parse(
+          new TextDecoder().decode(out.stdout),
+        ) as LoadtestReport;
+        const row: Row = {
+          target: target.name,
+          size: `${size.connections}x${size.messages}`,
+          perSecond: report.messages.perSecond,
+          p50: report.latencyMs.p50,
+          p99: report.latencyMs.p99,
+          rssBefore: Math.round(before.rssMiB),
+          rssAfter: Math.round(after.rssMiB),
+          cpuUsPerMsg: Math.round(
+            (after.cpuS - before.cpuS) / Math.max(1, report.messages.ok) * 1e7,
+          ) / 10,
+          cpuUsPerConn: Math.round(
+            (after.cpuS - before.cpuS) /
+              Math.max(1, report.connections.opened) * 1e6,
+          ),
+          errors: Object.values(report.errors).reduce((a, b) => a + b, 0),
+        };
+        rows.push(row);
+        console.error(JSON.stringify(row));
+      }
+    }
+  }
+  console.log(
+    `| target | sockets × msgs | msg/s (median of ${repeat}) | vs ${
+      targets[0]!.name
+    } | p50 ms | p99 ms | RSS before → after MiB | server CPU µs/msg | server CPU µs/conn | errors |`,
+  );
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
   for (const size of sizes) {
+    const key = `${size.connections}x${size.messages}`;
+    const base = median(
+      rows.filter((r) => r.target === targets[0]!.name && r.size === key).map((
+        r,
+      ) => r.perSecond),
+    );
+    for (const target of targets) {
+      const rs = rows.filter((r) => r.target === target.name && r.size === key);
+      const m = (f: (r: Row) => number) => median(rs.map(f));
+      console.log(
+        `| ${target.name} | ${key.replace("x", " × ")} | ${
+          m((r) => r.perSecond)
+        } | ${(m((r) => r.perSecond) / base).toFixed(2)}× | ${
+          m((r) => r.p50)
+        } | ${m((r) => r.p99)} | ${m((r) => r.rssBefore)} → ${
+          m((r) => r.rssAfter)
+        } | ${m((r) => r.cpuUsPerMsg)} | ${m((r) => r.cpuUsPerConn)} | ${
+          rs.reduce((a, r) => a + r.errors, 0)
+        } |`,
+      );
+    }
+  }
+}
+
+/** Runs a bench client script and returns its JSON lines as they come. */
+function client(script: string, args: string[]) {
+  const child = new Deno.Command(DENO, {
+    args: ["run", "--allow-net", `${ROOT}bench/${script}`, ...args],
+    stdout: "piped",
+    stderr: "inherit",
+    stdin: "null",
+  }).spawn();
+  return { child, lines: lines(child.stdout) };
+}
+
+async function nextJson(
+  it: AsyncGenerator<string>,
+): Promise<Record<string, unknown>> {
+  const { value, done } = await it.next();
+  if (done) throw new Error("A bench client ended without its report");
+  return JSON.parse(value);
+}
+
+async function storm() {
+  const connects = Number(values.connects);
+  const concurrency = values.concurrency;
+  interface StormRow {
+    target: string;
+    perSecond: number;
+    cpuUsPerConnect: number;
+    rssBefore: number;
+    rssAfter: number;
+    errors: number;
+  }
+  const rows: StormRow[] = [];
+  for (let r = 0; r < repeat; r++) {
     for (const target of targets) {
       const port = freePort();
-      const child = await target.start(port);
+      const { child } = await target.start(port);
       const before = procStats(child.pid);
-      const out = await new Deno.Command(DENO, {
-        args: [
-          "run",
-          "-A",
-          `${ROOT}main.ts`,
-          "loadtest",
-          "--url",
-          `ws://127.0.0.1:${port}/ws/chat/`,
-          "-c",
-          String(size.connections),
-          "-n",
-          String(size.messages),
-          "--timeout",
-          "300",
-          "--json",
-          ...target.loadtestArgs ?? [],
-        ],
-        stdout: "piped",
-        stderr: "inherit",
-      }).output();
+      const run = client("storm_client.ts", [
+        `ws://127.0.0.1:${port}/ws/chat/`,
+        String(connects),
+        concurrency,
+      ]);
+      const report = await nextJson(run.lines);
+      await run.child.status;
       const after = procStats(child.pid);
       child.kill("SIGTERM");
       await child.status;
-      const report = JSON.parse(
-        new TextDecoder().decode(out.stdout),
-      ) as LoadtestReport;
-      const row: Row = {
+      const row: StormRow = {
         target: target.name,
-        size: `${size.connections}x${size.messages}`,
-        perSecond: report.messages.perSecond,
-        p50: report.latencyMs.p50,
-        p99: report.latencyMs.p99,
+        perSecond: Math.round(
+          (report.ok as number) / (report.seconds as number),
+        ),
+        cpuUsPerConnect: Math.round(
+          (after.cpuS - before.cpuS) / connects * 1e6,
+        ),
         rssBefore: Math.round(before.rssMiB),
         rssAfter: Math.round(after.rssMiB),
-        cpuUsPerMsg: Math.round(
-          (after.cpuS - before.cpuS) / Math.max(1, report.messages.ok) * 1e7,
-        ) / 10,
-        cpuUsPerConn: Math.round(
-          (after.cpuS - before.cpuS) /
-            Math.max(1, report.connections.opened) * 1e6,
-        ),
-        errors: Object.values(report.errors).reduce((a, b) => a + b, 0),
+        errors: Object.values(report.errors as Record<string, number>)
+          .reduce((a, b) => a + b, 0),
       };
       rows.push(row);
       console.error(JSON.stringify(row));
     }
   }
-}
-for (const cleanup of cleanups) await cleanup();
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor((s.length - 1) / 2)]!;
-};
-console.log(
-  `| target | sockets × msgs | msg/s (median of ${repeat}) | vs ${
-    targets[0]!.name
-  } | p50 ms | p99 ms | RSS before → after MiB | server CPU µs/msg | server CPU µs/conn | errors |`,
-);
-console.log("|---|---|---|---|---|---|---|---|---|---|");
-for (const size of sizes) {
-  const key = `${size.connections}x${size.messages}`;
+  console.log(
+    `| target | connects (${concurrency} in flight) | connects/s (median of ${repeat}) | server CPU µs/connect | vs ${
+      targets[0]!.name
+    } | RSS before → after MiB | errors |`,
+  );
+  console.log("|---|---|---|---|---|---|---|");
   const base = median(
-    rows.filter((r) => r.target === targets[0]!.name && r.size === key).map((
-      r,
-    ) => r.perSecond),
+    rows.filter((r) => r.target === targets[0]!.name).map((r) =>
+      r.cpuUsPerConnect
+    ),
   );
   for (const target of targets) {
-    const rs = rows.filter((r) => r.target === target.name && r.size === key);
-    const m = (f: (r: Row) => number) => median(rs.map(f));
+    const rs = rows.filter((r) => r.target === target.name);
+    const m = (f: (r: StormRow) => number) => median(rs.map(f));
     console.log(
-      `| ${target.name} | ${key.replace("x", " × ")} | ${
-        m((r) => r.perSecond)
-      } | ${(m((r) => r.perSecond) / base).toFixed(2)}× | ${
-        m((r) => r.p50)
-      } | ${m((r) => r.p99)} | ${m((r) => r.rssBefore)} → ${
-        m((r) => r.rssAfter)
-      } | ${m((r) => r.cpuUsPerMsg)} | ${m((r) => r.cpuUsPerConn)} | ${
-        rs.reduce((a, r) => a + r.errors, 0)
-      } |`,
+      `| ${target.name} | ${connects} | ${m((r) => r.perSecond)} | ${
+        m((r) => r.cpuUsPerConnect)
+      } | ${(m((r) => r.cpuUsPerConnect) / base).toFixed(2)}× | ${
+        m((r) => r.rssBefore)
+      } → ${m((r) => r.rssAfter)} | ${rs.reduce((a, r) => a + r.errors, 0)} |`,
+    );
+  }
+}
+
+async function held() {
+  const total = Number(values.held);
+  // One client process holds at most 10,000 sockets (a descriptor each).
+  const processes = Math.ceil(total / 10_000);
+  interface HeldRow {
+    target: string;
+    held: number;
+    rssIdle: number;
+    rssHeld: number;
+    kibPerSocket: number;
+    exitSeconds: number;
+    shutdownSeconds: number | undefined;
+    closed: number | undefined;
+    forced: number | undefined;
+    closes: Record<string, number>;
+    errors: number;
+  }
+  const rows: HeldRow[] = [];
+  for (let r = 0; r < repeat; r++) {
+    for (const target of targets) {
+      const port = freePort();
+      const started = await target.start(port, true);
+      const pid = started.child.pid;
+      const idle = procStats(pid);
+      const clients = Array.from(
+        { length: processes },
+        (_, i) =>
+          client("hold_client.ts", [
+            `ws://127.0.0.1:${port}/ws/chat/`,
+            String(
+              Math.floor(total / processes) +
+                (i < total % processes ? 1 : 0),
+            ),
+            values.concurrency,
+          ]),
+      );
+      const holding = await Promise.all(clients.map((c) => nextJson(c.lines)));
+      const count = holding.reduce((a, h) => a + (h.held as number), 0);
+      const errors = holding.reduce(
+        (a, h) =>
+          a +
+          Object.values(h.errors as Record<string, number>)
+            .reduce((x, y) => x + y, 0),
+        0,
+      );
+      // Let the last replies and the runtime's buffers settle.
+      await new Promise((r) => setTimeout(r, 1000));
+      const busy = procStats(pid);
+      const t0 = performance.now();
+      started.child.kill("SIGTERM");
+      await started.child.status;
+      const exitSeconds = (performance.now() - t0) / 1000;
+      const drain = await started.drainLine();
+      const closes: Record<string, number> = {};
+      await Promise.all(clients.map(async (c) => {
+        const timer = setTimeout(() => c.child.kill("SIGTERM"), 10_000);
+        const done = await nextJson(c.lines).catch(() => ({ closes: {} }));
+        clearTimeout(timer);
+        for (const [code, n] of Object.entries(done.closes ?? {})) {
+          closes[code] = (closes[code] ?? 0) + (n as number);
+        }
+        await c.child.status;
+      }));
+      const row: HeldRow = {
+        target: target.name,
+        held: count,
+        rssIdle: Math.round(idle.rssMiB),
+        rssHeld: Math.round(busy.rssMiB),
+        kibPerSocket: Math.round(
+          (busy.rssMiB - idle.rssMiB) * 1024 / Math.max(1, count) * 10,
+        ) / 10,
+        exitSeconds: Math.round(exitSeconds * 1000) / 1000,
+        shutdownSeconds: drain?.shutdown_seconds as number | undefined,
+        closed: drain?.closed as number | undefined,
+        forced: drain?.forced as number | undefined,
+        closes,
+        errors,
+      };
+      rows.push(row);
+      console.error(JSON.stringify(row));
+    }
+  }
+  console.log(
+    `| target | sockets held | RSS idle → held MiB | KiB per held socket (median of ${repeat}) | vs ${
+      targets[0]!.name
+    } | SIGTERM → exit s | Drain complete: shutdown_seconds, closed, forced | client closes | errors |`,
+  );
+  console.log("|---|---|---|---|---|---|---|---|---|");
+  const base = median(
+    rows.filter((r) => r.target === targets[0]!.name).map((r) =>
+      r.kibPerSocket
+    ),
+  );
+  for (const target of targets) {
+    const rs = rows.filter((r) => r.target === target.name);
+    const m = (f: (r: HeldRow) => number) => median(rs.map(f));
+    const last = rs.at(-1)!;
+    console.log(
+      `| ${target.name} | ${m((r) => r.held)} | ${m((r) => r.rssIdle)} → ${
+        m((r) => r.rssHeld)
+      } | ${m((r) => r.kibPerSocket)} | ${
+        (m((r) => r.kibPerSocket) / base).toFixed(2)
+      }× | ${m((r) => r.exitSeconds)} | ${
+        last.shutdownSeconds === undefined
+          ? "—"
+          : `${
+            m((r) => r.shutdownSeconds ?? NaN)
+          }, ${last.closed}, ${last.forced}`
+      } | ${
+        Object.entries(last.closes).map(([k, v]) => `${k}=${v}`).join(" ")
+      } | ${rs.reduce((a, r) => a + r.errors, 0)} |`,
     );
   }
 }

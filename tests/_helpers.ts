@@ -648,6 +648,20 @@ export async function startRedis(): Promise<TestRedis> {
 export interface TestNginx extends AsyncDisposable {
   /** The proxy's loopback port. */
   readonly port: number;
+  /** Its upstream file (the shipped `upstream.conf`'s place): the live color. */
+  readonly upstreamFile: string;
+  /** A shell command that reloads it (`nginx -s reload` with its files). */
+  readonly reloadCommand: string;
+}
+
+/** Options for {@link startNginx}. */
+export interface NginxOptions {
+  /**
+   * Requests in progress per client address (the shipped `limit_conn` is
+   * 100): a load test plays thousands of clients from one address. The
+   * workers' open-file limit is raised to match.
+   */
+  readonly perClientLimit?: number;
 }
 
 /**
@@ -655,22 +669,39 @@ export interface TestNginx extends AsyncDisposable {
  * pointing at `upstreamPort`, its files in a temporary folder.
  *
  * @param upstreamPort The sockeye port behind the proxy.
+ * @param options Changes to the shipped config.
  */
-export async function startNginx(upstreamPort: number): Promise<TestNginx> {
+export async function startNginx(
+  upstreamPort: number,
+  options: NginxOptions = {},
+): Promise<TestNginx> {
   const dir = await Deno.makeTempDir({ prefix: "sockeye-nginx-" });
   const port = freePort();
   const shipped = await Deno.readTextFile(`${ROOT}monitoring/nginx/nginx.conf`);
-  await Deno.writeTextFile(
-    `${dir}/nginx.conf`,
-    shipped
-      .replace("/etc/nginx/sockeye/upstream.conf", `${dir}/upstream.conf`)
-      .replace("listen 80;", `listen 127.0.0.1:${port};`)
-      .replace("http {", `http {\n  access_log ${dir}/access.log;`),
-  );
+  let conf = shipped
+    .replace("/etc/nginx/sockeye/upstream.conf", `${dir}/upstream.conf`)
+    .replace("listen 80;", `listen 127.0.0.1:${port};`)
+    .replace("http {", `http {\n  access_log ${dir}/access.log;`);
+  if (options.perClientLimit !== undefined) {
+    const limit = /limit_conn per_client \d+;/;
+    if (!limit.test(conf)) throw new Error("The shipped limit_conn moved");
+    conf = conf.replace(
+      limit,
+      `limit_conn per_client ${options.perClientLimit};`,
+    ).replace(
+      // Two descriptors per proxied client, whatever the test's own limit.
+      "worker_processes auto;",
+      `worker_processes auto;\nworker_rlimit_nofile ${
+        2 * options.perClientLimit + 1024
+      };`,
+    );
+  }
+  await Deno.writeTextFile(`${dir}/nginx.conf`, conf);
   await Deno.writeTextFile(
     `${dir}/upstream.conf`,
     `upstream sockeye_live {\n  server 127.0.0.1:${upstreamPort};\n}\n`,
   );
+  const globals = `pid ${dir}/nginx.pid; error_log ${dir}/error.log;`;
   const child = new Deno.Command("nginx", {
     args: [
       "-p",
@@ -678,7 +709,7 @@ export async function startNginx(upstreamPort: number): Promise<TestNginx> {
       "-c",
       `${dir}/nginx.conf`,
       "-g",
-      `pid ${dir}/nginx.pid; error_log ${dir}/error.log; daemon off;`,
+      `${globals} daemon off;`,
     ],
     stdout: "null",
     stderr: "null",
@@ -696,5 +727,81 @@ export async function startNginx(upstreamPort: number): Promise<TestNginx> {
     await stop();
     throw error;
   }
-  return { port, [Symbol.asyncDispose]: stop };
+  return {
+    port,
+    upstreamFile: `${dir}/upstream.conf`,
+    reloadCommand:
+      `nginx -p ${dir} -c ${dir}/nginx.conf -g '${globals}' -s reload`,
+    [Symbol.asyncDispose]: stop,
+  };
+}
+
+/**
+ * A sockeye that a shell command starts in the background, as an operator's
+ * start command would (`sockeye promote --start-cmd`); found by its pid file.
+ */
+export interface BackgroundServer extends AsyncDisposable {
+  /** `… serve > LOG 2>&1 & echo $! > PIDFILE`, for `sh -c`. */
+  readonly command: string;
+  /** Its log lines so far. */
+  lines(): Promise<string[]>;
+  /** Its process id once the command ran, else `undefined`. */
+  pid(): Promise<number | undefined>;
+}
+
+function alive(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !==
+      "Z";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Prepares the command that starts `main.ts serve` in the background; the
+ * process is stopped (SIGTERM, then SIGKILL after 10 s) at scope end.
+ *
+ * @param env Settings for it; give PORT to find it.
+ */
+export async function backgroundServer(
+  env: Record<string, string>,
+): Promise<BackgroundServer> {
+  const dir = await Deno.makeTempDir({ prefix: "sockeye-bg-" });
+  const vars = Object.entries({ HOST: "127.0.0.1", NO_COLOR: "1", ...env })
+    .map(([k, v]) => `${k}='${v}'`).join(" ");
+  const pid = async () => {
+    try {
+      return Number((await Deno.readTextFile(`${dir}/pid`)).trim());
+    } catch {
+      return undefined;
+    }
+  };
+  return {
+    command: `${vars} ${DENO} run -A ${ROOT}main.ts serve > ${dir}/log 2>&1 ` +
+      `< /dev/null & echo $! > ${dir}/pid`,
+    pid,
+    async lines() {
+      try {
+        return (await Deno.readTextFile(`${dir}/log`)).split("\n")
+          .filter((l) => l !== "");
+      } catch {
+        return [];
+      }
+    },
+    async [Symbol.asyncDispose]() {
+      const p = await pid();
+      if (p !== undefined && alive(p)) {
+        Deno.kill(p, "SIGTERM");
+        try {
+          await until(() => !alive(p), `process ${p} to exit`);
+        } catch {
+          Deno.kill(p, "SIGKILL");
+          await until(() => !alive(p), `process ${p} to die`);
+        }
+      }
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
 }

@@ -484,8 +484,11 @@ Deno.test("compose.yml follows the Compose specification and mounts files that e
     );
     assert.equal(settings.pyroscopeUrl, "http://pyroscope:4040");
     // Published to the host's loopback only.
+    // The admin port for the operator, the color itself for promote's
+    // direct smoke test.
     assert.deepEqual(app.ports, [
       `127.0.0.1:${color === "blue" ? 9001 : 9002}:${settings.adminPort}`,
+      `127.0.0.1:${color === "blue" ? 8081 : 8082}:${settings.port}`,
     ]);
   }
   const grafana = compose.services.grafana!.environment!;

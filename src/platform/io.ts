@@ -112,3 +112,27 @@ export function readTextFile(path: string): string {
 export function writeFile(path: string, bytes: Uint8Array): void {
   Deno.writeFileSync(path, bytes);
 }
+
+/**
+ * Replaces a text file at once: writes a temporary file beside it, then
+ * renames it over the old one, so a reader (nginx reloading) sees the old
+ * text or the new, never half of one.
+ *
+ * @param path File path.
+ * @param text The new contents (UTF-8).
+ * @throws {Deno.errors.NotFound} When the folder does not exist; other
+ *   `Deno.errors` when it cannot be written.
+ */
+export async function replaceTextFile(
+  path: string,
+  text: string,
+): Promise<void> {
+  const tmp = `${path}.tmp.${Deno.pid}`;
+  try {
+    await Deno.writeTextFile(tmp, text);
+    await Deno.rename(tmp, path);
+  } catch (error) {
+    await Deno.remove(tmp).catch(() => {});
+    throw error;
+  }
+}

@@ -173,3 +173,23 @@ export type Timer = ReturnType<typeof setTimeout>;
 export function unrefTimer(timer: Timer): void {
   timer.unref();
 }
+
+/**
+ * Runs a shell command line with `sh -c`, its output going to this
+ * process's stdout and stderr, stdin closed (for operator commands such as
+ * `docker compose stop app_blue`).
+ *
+ * @param command The command line, as a POSIX shell reads it.
+ * @returns The exit code (128 + the signal number when a signal ended it).
+ * @throws {Deno.errors.NotFound} When there is no `sh`.
+ */
+export async function runShell(command: string): Promise<number> {
+  const child = new Deno.Command("sh", {
+    args: ["-c", command],
+    stdin: "null",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  const status = await child.status;
+  return status.code;
+}
