@@ -5,6 +5,7 @@
 // in an address that a proxy or access log would keep.
 const TOKEN_KEY = "sockeye.admin.token";
 const POINTS = 300;
+const MIN_SPAN = 30;
 const RETRY_MS = 3000;
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -110,18 +111,24 @@ function push(list, value) {
   if (list.length > POINTS) list.shift();
 }
 
-/** Draws one or two series as polylines, scaled to the larger maximum. */
+/**
+ * Draws one or two series as polylines, newest at the right, scaled to the
+ * larger maximum; the time axis spans at least MIN_SPAN points so a young
+ * chart is readable, and grows to POINTS.
+ */
 function draw(id, ...lines) {
   const svg = $(id);
   const max = Math.max(1e-9, ...lines.flat().filter((v) => v !== null)) * 1.15;
+  const span = Math.max(MIN_SPAN, ...lines.map((l) => l.length));
+  const step = 300 / (span - 1);
   svg.replaceChildren();
   lines.forEach((values, i) => {
     const points = [];
-    const offset = POINTS - values.length;
+    const offset = span - values.length;
     values.forEach((v, x) => {
-      if (v !== null) {
-        points.push((offset + x) + "," + (60 - (v / max) * 58).toFixed(1));
-      }
+      if (v === null) return;
+      const y = 60 - (v / max) * 58;
+      points.push(((offset + x) * step).toFixed(1) + "," + y.toFixed(1));
     });
     const line = document.createElementNS(SVG, "polyline");
     line.setAttribute("points", points.join(" "));
