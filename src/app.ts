@@ -4,7 +4,7 @@
  * operations routes (`/status`, `/metrics`) and the admin API (`/admin/…`,
  * `/debug/…`, in `admin/app.ts`), with the pages beside them (the client at
  * `/` with the upgrade, the operator page at `/admin/` with the admin API;
- * `pages/app.ts`), each app with request ids and HTTP metrics. One listener serves them all, or with `ADMIN_PORT` the public
+ * `pages.ts`), each app with request ids and HTTP metrics. One listener serves them all, or with `ADMIN_PORT` the public
  * port serves the probes and the upgrade and the admin port the rest.
  *
  * @module
@@ -35,7 +35,7 @@ import { authenticationMode } from "./sessions/auth.ts";
 import { REFUSALS } from "./sessions/refusals.ts";
 import { VERSION } from "./version.ts";
 import { type AdminDeps, adminRoutes } from "./admin/app.ts";
-import { adminPageRoutes, clientPageRoutes } from "./pages/app.ts";
+import { adminPageRoutes, clientPageRoutes } from "./pages.ts";
 
 /** Everything the routes read. */
 export interface AppDeps {

@@ -1,7 +1,7 @@
 /**
  * The pages: a WebSocket client at `/` beside the upgrade, and the operator
- * page at `/admin/` beside the admin API. Their HTML, CSS and JavaScript are
- * text imports, so they are part of the module graph and `deno compile`
+ * page at `/admin/` beside the admin API. Their HTML, CSS and JavaScript
+ * (in `web/`, the browser's files, kept out of `src/`) are text imports, so they are part of the module graph and `deno compile`
  * carries them inside the binary: nothing is read from disk at run time and
  * nothing needs building. Every page answer carries a strict
  * Content-Security-Policy (this origin only, no inline script or style),
@@ -14,15 +14,15 @@
  * @module
  */
 import type { Context, Hono } from "hono";
-import type { AppEnv } from "../app.ts";
-import adminHtml from "./admin.html" with { type: "text" };
-import adminJs from "./admin.js" with { type: "text" };
-import clientHtml from "./client.html" with { type: "text" };
-import clientJs from "./client.js" with { type: "text" };
-import pageCss from "./page.css" with { type: "text" };
+import type { AppEnv } from "./app.ts";
+import adminHtml from "../web/admin.html" with { type: "text" };
+import adminJs from "../web/admin.js" with { type: "text" };
+import clientHtml from "../web/client.html" with { type: "text" };
+import clientJs from "../web/client.js" with { type: "text" };
+import pageCss from "../web/page.css" with { type: "text" };
 
 /** The pages' Content-Security-Policy: this origin only, nothing inline. */
-export const CONTENT_SECURITY_POLICY = [
+export const CONTENT_SECURITY_POLICY: string = [
   "default-src 'none'",
   "script-src 'self'",
   "style-src 'self'",
@@ -58,15 +58,6 @@ const ADMIN_ASSETS: Readonly<Record<string, Asset>> = {
   "/admin/assets/admin.js": { body: adminJs, type: JS },
   "/admin/assets/page.css": { body: pageCss, type: CSS },
 };
-
-/**
- * Every embedded file by path, for the tests and the page-weight figure.
- *
- * @returns Path → body and content type, both pages.
- */
-export function pageAssets(): Readonly<Record<string, Asset>> {
-  return { ...CLIENT_ASSETS, ...ADMIN_ASSETS };
-}
 
 function serve(app: Hono<AppEnv>, assets: Readonly<Record<string, Asset>>) {
   for (const [path, asset] of Object.entries(assets)) {
