@@ -144,7 +144,7 @@ Deno.test("the client page at / connects, counts, resumes from its link and show
   }
 });
 
-Deno.test("the admin page refuses without the token, then shows connections live, disconnects with 4001 and sets the log level", async () => {
+Deno.test("the admin page refuses without the token, then shows connections live, disconnects with 4001, sets the log level and sees the drain", async () => {
   const cwd = await Deno.makeTempDir({ prefix: "sockeye-pages-" });
   const token = "page-test-token";
   const browser = await launch();
@@ -214,6 +214,11 @@ Deno.test("the admin page refuses without the token, then shows connections live
       });
       return (await res.json()).level === "debug";
     }, "GET /admin/log-level to report debug");
+
+    // The drain ends the event stream, and the page says so.
+    server.child.kill("SIGTERM");
+    await page.locator("#state").getByText("stopped · stream ended").waitFor();
+    assert.equal((await within(server.status, "the exit")).code, 0);
     await page.close();
   } finally {
     await browser.close();

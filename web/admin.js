@@ -260,6 +260,7 @@ async function listConnections() {
 async function follow() {
   const control = new AbortController();
   following = control;
+  let ended = "";
   try {
     const res = await api("events", { signal: control.signal });
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -277,10 +278,8 @@ async function follow() {
           .map((l) => l.slice(6)).join("\n");
         if (!data) continue;
         const parsed = JSON.parse(data);
-        if (type === "end") {
-          setState(parsed.state, parsed.state + " · stream ended");
-          ui.stateText.textContent = parsed.state;
-        } else show(parsed);
+        if (type === "end") ended = parsed.state;
+        else show(parsed);
       }
     }
   } catch (error) {
@@ -289,7 +288,11 @@ async function follow() {
     say("Event stream lost: " + error.message);
   }
   if (following !== control) return;
-  setState("error", "not connected · retrying");
+  // The drain ended the stream: say so, and look for the next process.
+  if (ended) {
+    ui.stateText.textContent = ended;
+    setState(ended, ended + " · stream ended, retrying");
+  } else setState("error", "not connected · retrying");
   setTimeout(() => following === control && follow(), RETRY_MS);
 }
 
