@@ -5,6 +5,7 @@ WORKDIR /src
 COPY deno.json deno.lock ./
 COPY main.ts ./
 COPY src ./src
+COPY web ./web
 RUN deno install --frozen --entrypoint main.ts \
  && deno compile --frozen --allow-all --output /out/sockeye main.ts
 

@@ -2,8 +2,9 @@
  * The HTTP surface as Hono apps built from route groups: the probes
  * (`/healthz`, `/readyz`), the WebSocket upgrade at `/ws/chat/`, the
  * operations routes (`/status`, `/metrics`) and the admin API (`/admin/…`,
- * `/debug/…`, in `admin/app.ts`), each app with request ids and HTTP
- * metrics. One listener serves them all, or with `ADMIN_PORT` the public
+ * `/debug/…`, in `admin/app.ts`), with the pages beside them (the client at
+ * `/` with the upgrade, the operator page at `/admin/` with the admin API;
+ * `pages.ts`), each app with request ids and HTTP metrics. One listener serves them all, or with `ADMIN_PORT` the public
  * port serves the probes and the upgrade and the admin port the rest.
  *
  * @module
@@ -34,6 +35,7 @@ import { authenticationMode } from "./sessions/auth.ts";
 import { REFUSALS } from "./sessions/refusals.ts";
 import { VERSION } from "./version.ts";
 import { type AdminDeps, adminRoutes } from "./admin/app.ts";
+import { adminPageRoutes, clientPageRoutes } from "./pages.ts";
 
 /** Everything the routes read. */
 export interface AppDeps {
@@ -55,8 +57,9 @@ export interface AppDeps {
 
 /**
  * A set of routes an app can serve: `probes` (`/healthz`, `/readyz`),
- * `websocket` (`/ws/chat/`), `operations` (`/status`, `/metrics`), `admin`
- * (`/admin/…`, `/debug/…`).
+ * `websocket` (`/ws/chat/` and the client page at `/`), `operations`
+ * (`/status`, `/metrics`), `admin` (`/admin/…`, `/debug/…` and the operator
+ * page at `/admin/`).
  */
 export type RouteGroup = "probes" | "websocket" | "operations" | "admin";
 
@@ -170,8 +173,15 @@ export function createApp(
 
   if (groups.includes("probes")) probeRoutes(app, deps);
   if (groups.includes("operations")) operationsRoutes(app, deps);
-  if (groups.includes("admin") && deps.admin) adminRoutes(app, deps.admin);
-  if (groups.includes("websocket")) websocketRoutes(app, deps);
+  if (groups.includes("admin") && deps.admin) {
+    // The page first: it loads without the token and then asks for it.
+    adminPageRoutes(app, !groups.includes("websocket"));
+    adminRoutes(app, deps.admin);
+  }
+  if (groups.includes("websocket")) {
+    websocketRoutes(app, deps);
+    clientPageRoutes(app);
+  }
   return app;
 }
 

@@ -13,6 +13,7 @@ import {
   type RouteGroup,
 } from "./app.ts";
 import type { AdminDeps } from "./admin/app.ts";
+import { AdminEvents } from "./admin/events.ts";
 import { LogLevelControl } from "./admin/log_level.ts";
 import { Profiler } from "./admin/profiler.ts";
 import { PyroscopePusher } from "./admin/pyroscope.ts";
@@ -261,6 +262,12 @@ export async function startServer(settings: Settings): Promise<Server> {
     store,
     logLevel: new LogLevelControl(logger(AUDIT)),
     profiler: new Profiler(),
+    events: new AdminEvents({
+      color: settings.color,
+      lifecycle,
+      metrics,
+      store,
+    }),
   };
   const deps = { settings, lifecycle, metrics, hub, store, limits, admin };
   const routes = routeSplit(settings);
@@ -429,6 +436,8 @@ async function runDrain(reason: string, ctx: {
   }
   // A profile in progress ends now, so no request holds a listener open.
   ctx.admin.profiler.close();
+  // The operator page's event streams end, so none holds a listener open.
+  ctx.admin.events?.close();
   ctx.admin.pusher?.stop();
   ctx.admin.logLevel.close();
   // Closes what is left (1001) and waits for in-flight HTTP requests.

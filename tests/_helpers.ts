@@ -403,6 +403,8 @@ export interface ServerProcess extends AsyncDisposable {
 export interface SpawnOptions {
   /** Runs the server under `ulimit -n` this many open files. */
   readonly maxFds?: number;
+  /** Working directory of the server; the test process's by default. */
+  readonly cwd?: string;
 }
 
 /**
@@ -422,6 +424,7 @@ export async function spawnServer(
       ? ["-c", `ulimit -n ${options.maxFds} && exec "$@"`, "sh", ...command]
       : command.slice(1),
     env: { PORT: "0", HOST: "127.0.0.1", NO_COLOR: "1", ...env },
+    cwd: options.cwd,
     stdout: "piped",
     stderr: "piped",
     stdin: "null",

@@ -62,6 +62,10 @@ Deno.test("deno compile builds the sockeye binary (smoke-tested where the runtim
     const port = first.port as number;
     const c = await TestClient.open(`ws://127.0.0.1:${port}/ws/chat/`);
     assert.equal(await c.ask("hi"), '{"count": 1}');
+    // The client page comes from inside the binary.
+    const page = await fetch(`http://127.0.0.1:${port}/`);
+    assert.equal(page.status, 200);
+    assert.match(await page.text(), /<title>sockeye · client<\/title>/);
     child.kill("SIGTERM");
     assert.equal((await c.closed).code, 1001);
     assert.equal((await child.status).code, 0);
@@ -69,4 +73,29 @@ Deno.test("deno compile builds the sockeye binary (smoke-tested where the runtim
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("the pages' HTML, CSS and JavaScript are in main.ts's module graph, so the binary carries them", async () => {
+  const out = await new Deno.Command(DENO, {
+    args: ["info", "--json", `${ROOT}main.ts`],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const graph = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    modules: { specifier: string }[];
+  };
+  const web = new URL("../web/", import.meta.url).href;
+  const inGraph = graph.modules.map((m) => m.specifier)
+    .filter((s) => s.startsWith(web))
+    .map((s) => s.slice(web.length))
+    .sort();
+  assert.deepEqual(inGraph, [
+    "admin.html",
+    "admin.js",
+    "client.html",
+    "client.js",
+    "page.css",
+  ]);
 });

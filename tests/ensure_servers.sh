@@ -1,13 +1,15 @@
 #!/bin/sh
 # Installs the real servers the tests start (redis-server, prometheus with
-# promtool, nginx) from Debian's packages when they are missing. The tests
-# run them on loopback ports of their own; nothing is started here.
+# promtool, nginx; chromium for the pages) from Debian's packages when they
+# are missing. The tests run them on loopback ports of their own; nothing is
+# started here.
 set -eu
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v nginx >/dev/null 2>&1 || missing="$missing nginx"
 command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "tests need:$missing (Debian packages); install them, then run the tests again" >&2

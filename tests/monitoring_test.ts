@@ -622,7 +622,7 @@ Deno.test("Grafana, Loki, Alloy and Tempo configs agree with each other and with
   assert.equal(lokiConfig.server.http_listen_port, 3100);
 });
 
-Deno.test("the shipped nginx forwards only the WebSocket and the probes", async () => {
+Deno.test("the shipped nginx forwards only the WebSocket, the probes and the client page", async () => {
   await using server = await startTestServer();
   await using nginx = await startNginx(server.port);
   const via = (path: string) => `http://127.0.0.1:${nginx.port}${path}`;
@@ -649,9 +649,15 @@ Deno.test("the shipped nginx forwards only the WebSocket and the probes", async 
       message: "Not served here",
     });
   }
-  // `/` (a page, later) goes to the app, which has none yet.
-  const root = await fetch(via("/"));
-  assert.equal((await root.json()).message, "No route for /");
+  // The client page and its files go to the app; other assets do not.
+  for (const path of ["/", "/assets/client.js", "/assets/page.css"]) {
+    const res = await fetch(via(path));
+    await res.body?.cancel();
+    assert.equal(res.status, 200, path);
+    assert.ok(res.headers.get("content-security-policy"), path);
+  }
+  const other = await fetch(via("/assets/other.js"));
+  assert.equal((await other.json()).message, "Not served here");
   await using client = await TestClient.open(
     `ws://127.0.0.1:${nginx.port}/ws/chat/`,
   );
@@ -660,8 +666,13 @@ Deno.test("the shipped nginx forwards only the WebSocket and the probes", async 
   const text = await server.metrics();
   assert.equal(
     metricValue(text, "http_requests_total", { endpoint: "unmatched" }),
+    0,
+    "nothing unmatched reached the app",
+  );
+  assert.equal(
+    metricValue(text, "http_requests_total", { endpoint: "/" }),
     1,
-    "only / reached the app unmatched",
+    "the page reached the app",
   );
 });
 

@@ -27,6 +27,7 @@ import { type SessionStore, StoreUnavailableError } from "../sessions/store.ts";
 import type { LogLevelControl, Requester } from "./log_level.ts";
 import type { Profile } from "pprof-format";
 import { cpuToPprof, encodeGzipped, heapToPprof } from "./pprof.ts";
+import { type AdminEvents, eventRoutes } from "./events.ts";
 import { type Profiler, ProfilerBusyError, type Taken } from "./profiler.ts";
 
 /** Most connections one page of `GET /admin/connections` lists. */
@@ -56,6 +57,8 @@ export interface AdminDeps {
   readonly logLevel: LogLevelControl;
   /** On-demand profiles. */
   readonly profiler: Profiler;
+  /** The operator page's live figures (`/admin/events`); without it, no route. */
+  readonly events?: AdminEvents;
 }
 
 type C = Context<AppEnv>;
@@ -98,6 +101,8 @@ export function adminRoutes(app: Hono<AppEnv>, deps: AdminDeps): void {
   const auth = bearerToken(settings.adminToken, "admin", "Admin endpoints");
   app.use("/admin/*", auth);
   app.use("/debug/*", auth);
+
+  if (deps.events) eventRoutes(app, deps.events);
 
   app.get("/admin/log-level", (c) => c.json(logLevel.state()));
 
