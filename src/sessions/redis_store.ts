@@ -58,13 +58,13 @@
  * nothing was counted after it and no acknowledged number is reused) and
  * whose batch record is still in the ring (so the count is in the data Redis
  * holds now, not lost with a master that failed over), highest first, under
- * its own deadline. Until then the store stays unavailable and sends
- * nothing, so this instance counts nothing in between. An orphan that cannot
- * be withdrawn (another instance counted the session in between, the
- * withdrawal's own fate is unknown, or it is older than `SESSION_TTL_S` so
- * the key may have been recreated) stays counted: a gap of one in that
- * session, never a repeat, logged as a warning (when the withdrawal's fate
- * is unknown, it may or may not have). One more edge: a client that
+ * its own deadline, and deletes the record in the same script, so a
+ * withdrawal whose fate is unknown is simply sent again. Until then the
+ * store stays unavailable and sends nothing, so this instance counts nothing
+ * in between. An orphan that cannot be withdrawn (another instance counted
+ * the session in between, or it is older than `SESSION_TTL_S` so the key may
+ * have been recreated) stays counted: a gap of one in that session, never a
+ * repeat, logged as a warning. One more edge: a client that
  * attaches to the same session on another instance between the orphan and
  * its withdrawal is told a count so far that includes the orphan, so its
  * first frame's number equals that count instead of exceeding it; the
@@ -226,28 +226,34 @@ return redis.call('HMGET', KEYS[1], unpack(ARGV, 2))`;
  * the session keys are KEYS[2..] (one server) or follow in ARGV (Cluster).
  * Decrements a key still at that count whose batch record is still in the
  * ring: the orphan is then its latest number and in the data Redis holds,
- * so no acknowledged number is handed out again. Answers per orphan 1
- * (withdrawn), 0 (counted since: kept) or 2 (not in this data: a failover
- * lost it, so it is not counted).
+ * so no acknowledged number is handed out again. Then deletes those
+ * records, so running it twice withdraws once. Answers per orphan 1
+ * (withdrawn), 0 (counted since: kept) or 2 (no record: lost with a master
+ * that failed over, or withdrawn before, so not counted).
  */
 function withdrawLua(crossSlot: boolean): string {
   return `${crossSlot ? CROSS_SLOT : ""}${NOW}
 if now > tonumber(ARGV[1]) then return ${REFUSED} end
 local n = ${crossSlot ? "(#ARGV - 1) / 4" : "(#ARGV - 1) / 3"}
 local out = {}
+local done = {}
 for i = 1, n do
   local key = ${crossSlot ? "ARGV[1 + 3 * n + i]" : "KEYS[i + 1]"}
-  local prefix = ARGV[3 * i]
-  local record = redis.pcall('HGET', KEYS[1], ARGV[3 * i - 1])
+  local field, prefix = ARGV[3 * i - 1], ARGV[3 * i]
+  local record = redis.pcall('HGET', KEYS[1], field)
   if type(record) ~= 'string' or string.sub(record, 1, #prefix) ~= prefix then
     out[i] = 2
-  elseif redis.pcall('GET', key) == ARGV[3 * i + 1] then
-    redis.pcall('DECR', key)
-    out[i] = 1
   else
-    out[i] = 0
+    done[#done + 1] = field
+    if redis.pcall('GET', key) == ARGV[3 * i + 1] then
+      redis.pcall('DECR', key)
+      out[i] = 1
+    else
+      out[i] = 0
+    end
   end
 end
+if #done > 0 then redis.pcall('HDEL', KEYS[1], unpack(done)) end
 return out`;
 }
 
@@ -1341,7 +1347,11 @@ export class RedisSessionStore implements SessionStore {
     }
   }
 
-  /** Takes back the counts of frames answered unavailable. */
+  /**
+   * Takes back the counts of frames answered unavailable. A withdrawal that
+   * fails (its fate unknown, or its replicas short) is sent again by the
+   * next round of the recovery: it withdraws each count at most once.
+   */
   async #withdraw(): Promise<void> {
     const orphans = this.#batcher.orphans;
     if (orphans.length === 0) return;
@@ -1354,32 +1364,33 @@ export class RedisSessionStore implements SessionStore {
     const tally = {
       withdrawn: 0,
       kept: orphans.length - fresh.length,
-      lost: 0,
+      gone: 0,
     };
-    const byRing = [...Map.groupBy(fresh, (o) => o.ring)];
+    const byRing = [...Map.groupBy(fresh, (o) => o.ring).values()];
     try {
       while (byRing.length > 0) {
-        const [ring, group] = byRing[0]!;
-        await this.#withdrawFrom(ring, group, tally);
+        await this.#withdrawFrom(byRing[0]!, tally);
         byRing.shift();
       }
-    } catch (error) {
-      // The rings not reached yet are tried again by the next recovery.
-      for (const [, group] of byRing.slice(1)) {
-        this.#batcher.orphans.push(...group);
-      }
+    } finally {
+      for (const group of byRing) this.#batcher.orphans.push(...group);
       this.#logWithdrawal(tally);
-      throw error;
     }
-    this.#logWithdrawal(tally);
   }
 
-  /** One ring's orphans: one script call on the master holding the ring. */
+  /**
+   * One ring's orphans: one script call on the master holding the ring,
+   * then `WAIT`, so a withdrawal counts only once replicas hold it.
+   */
   async #withdrawFrom(
-    ring: string,
     group: Orphan[],
-    tally: { withdrawn: number; kept: number; lost: number },
+    tally: { withdrawn: number; kept: number; gone: number },
   ): Promise<void> {
+    const ring = group[0]!.ring;
+    const shard = this.#topology.shardOf(this.#topology.slot(ring));
+    if (shard === undefined) {
+      throw new StoreUnavailableError(`No Redis master is known for ${ring}`);
+    }
     group.sort((a, b) =>
       a.key < b.key ? -1 : a.key > b.key ? 1 : b.count - a.count
     );
@@ -1398,43 +1409,50 @@ export class RedisSessionStore implements SessionStore {
     try {
       reply = await timed(
         evalScript(
-          this.#topology.client,
+          shard.conn,
           clustered ? SCRIPTS.cluster.withdraw : SCRIPTS.server.withdraw,
           args,
         ) as Promise<number[] | number>,
         "a withdrawal",
       );
     } catch (error) {
-      // Its fate is unknown: never send it twice.
-      this.#log.warning(
-        "Cannot tell whether {unknown} counts of frames answered unavailable were withdrawn: {error}",
-        { unknown: group.length, error },
-      );
       throw this.#failure(error);
     }
     if (!Array.isArray(reply)) {
       // Refused, so it did nothing: try again with a fresh deadline.
-      this.#batcher.orphans.push(...group);
       throw new StoreUnavailableError("Redis ran a withdrawal too late");
+    }
+    const needed = this.#waitReplicas;
+    if (needed > 0) {
+      const acks = await timed(
+        shard.conn.wait(needed, WAIT_TIMEOUT_MS),
+        `WAIT at ${shard.id}`,
+      );
+      if (acks < needed) {
+        throw new ReplicasMissingError(
+          `Only ${acks} of ${needed} replicas of ${shard.id} acknowledged ` +
+            `a withdrawal within ${WAIT_TIMEOUT_MS} ms`,
+        );
+      }
     }
     for (const done of reply) {
       if (done === 1) tally.withdrawn++;
-      else if (done === 2) tally.lost++;
+      else if (done === 2) tally.gone++;
       else tally.kept++;
     }
   }
 
   #logWithdrawal(
-    { withdrawn, kept, lost }: {
+    { withdrawn, kept, gone }: {
       withdrawn: number;
       kept: number;
-      lost: number;
+      gone: number;
     },
   ): void {
-    if (withdrawn > 0 || lost > 0) {
+    if (withdrawn > 0 || gone > 0) {
       this.#log.info(
         "Withdrew {withdrawn} counts of frames answered unavailable",
-        { withdrawn, lost_in_failover: lost },
+        { withdrawn, not_in_redis: gone },
       );
     }
     if (kept > 0) {
