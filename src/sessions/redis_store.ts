@@ -862,6 +862,7 @@ export class RedisSessionStore implements SessionStore {
   #downSince = 0;
   #downError = new StoreUnavailableError("Redis is not connected yet");
   #whenReady: PromiseWithResolvers<void> | undefined;
+  #warnedReplicas = false;
   /** Per master: lower bounds of (Redis epoch ms − `performance.now()`), newest last. */
   #offsets = new Map<string, Array<{ offset: number; at: number }>>();
 
@@ -1284,6 +1285,15 @@ export class RedisSessionStore implements SessionStore {
       throw new ReplicasMissingError(
         `Only ${acks} of ${needed} replicas of ${shard.id} acknowledged ` +
           `within ${WAIT_TIMEOUT_MS} ms (REDIS_WAIT_REPLICAS=${needed})`,
+      );
+    }
+    if (acks > needed && !this.#warnedReplicas) {
+      // A failover may promote a replica that had not acknowledged yet.
+      this.#warnedReplicas = true;
+      this.#log.warning(
+        "{shard} has {replicas} replicas but REDIS_WAIT_REPLICAS is {needed}: " +
+          "a failover may lose the last acknowledged counts; set it to {replicas}",
+        { shard: shard.id, replicas: acks, needed },
       );
     }
   }
