@@ -162,6 +162,9 @@ const REFUSED = -2;
 /** A count for a key its master does not serve (a Cluster slot moved). */
 const NOT_HERE = -3;
 
+/** Replicas acknowledging a batch that did not ask (no `WAIT`). */
+const NOT_ASKED = -1;
+
 // Redis's clock in ms, as Lua sees it. Writes after TIME need effects
 // replication: the default since Redis 5 and the only mode since 7, asked
 // for explicitly where the call still exists (3.2 to 7, a no-op from 7).
@@ -453,7 +456,7 @@ interface Batch {
 interface BatchReply {
   /** Per key the new count (or -1, -3), or {@link REFUSED}. */
   readonly counts: number[] | number;
-  /** Replicas that acknowledged it (`WAIT`); not asked: `waitReplicas`. */
+  /** Replicas that acknowledged it (`WAIT`); {@link NOT_ASKED} without one. */
   readonly acks: number;
 }
 
@@ -469,8 +472,15 @@ interface Orphan {
 
 /** What the batcher needs from its store. */
 interface BatchOwner {
-  /** Replicas each batch must reach before it is answered. */
-  readonly waitReplicas: number;
+  /** Replicas a batch on this master must reach before it is answered. */
+  replicasNeeded(shard: Shard): number;
+  /**
+   * A batch's `WAIT` fell short: whether the master may count alone (a
+   * master new to us, without replicas yet) rather than be unavailable.
+   */
+  countsAlone(shard: Shard): boolean;
+  /** A batch's replicas acknowledged: the master has its replicas. */
+  replicated(shard: Shard): void;
   /** Whether frames may be sent to Redis now. */
   isUp(): boolean;
   /** The error for frames refused while Redis is unavailable. */
@@ -723,7 +733,7 @@ class IncrementBatcher {
 
   #replied(batch: Batch, { counts, acks }: BatchReply): void {
     this.#settle(batch);
-    const needed = this.#owner.waitReplicas;
+    const needed = this.#owner.replicasNeeded(batch.shard);
     if (!Array.isArray(counts)) {
       // Redis ran it past its deadline: nothing counted, and Redis is slow.
       this.refusedLate += batch.keys.length;
@@ -737,7 +747,10 @@ class IncrementBatcher {
     } else if (batch.answered) {
       // Answered unavailable, but it ran before its deadline: orphans.
       if (orphansOf(batch, counts, this.orphans)) this.#owner.orphaned();
-    } else if (acks < needed) {
+    } else if (
+      acks !== NOT_ASKED && acks < needed &&
+      !this.#owner.countsAlone(batch.shard)
+    ) {
       // Counted on the master only: a failover could lose it, so it is
       // neither acknowledged nor left counted.
       const reason =
@@ -746,6 +759,7 @@ class IncrementBatcher {
       orphansOf(batch, counts, this.orphans);
       this.#owner.stalled(reason);
     } else {
+      if (needed > 0 && acks >= needed) this.#owner.replicated(batch.shard);
       batch.answered = true;
       const { keys, waiters } = batch;
       let moved: number[] | undefined;
@@ -863,6 +877,16 @@ export class RedisSessionStore implements SessionStore {
   #downError = new StoreUnavailableError("Redis is not connected yet");
   #whenReady: PromiseWithResolvers<void> | undefined;
   #warnedReplicas = false;
+  /**
+   * Masters (by address) whose replicas have acknowledged writes: a
+   * shortfall there may be an old master cut off by a failover.
+   */
+  readonly #replicatedAt = new Set<string>();
+  /**
+   * Masters new to this store with no replica acknowledging yet (a replica
+   * promoted in a failover): they count alone until one attaches.
+   */
+  readonly #alone = new Set<string>();
   /** Per master: lower bounds of (Redis epoch ms − `performance.now()`), newest last. */
   #offsets = new Map<string, Array<{ offset: number; at: number }>>();
 
@@ -917,7 +941,9 @@ export class RedisSessionStore implements SessionStore {
       ? SCRIPTS.cluster.incrementMany
       : SCRIPTS.server.incrementMany;
     this.#batcher = new IncrementBatcher({
-      waitReplicas: this.#waitReplicas,
+      replicasNeeded: () => this.#waitReplicas,
+      countsAlone: (shard) => this.#alone.has(this.#topology.server(shard)),
+      replicated: (shard) => this.#replicated(shard),
       isUp: () => this.#up,
       downError: () => this.#downError,
       shardOf: (slot) => this.#topology.shardOf(slot),
@@ -975,9 +1001,12 @@ export class RedisSessionStore implements SessionStore {
       if (!this.#up) return;
       this.#topology.masters().then((shards) =>
         Promise.all(
-          shards.map((shard) =>
-            timed(this.#syncClock(shard), `TIME at ${shard.id}`)
-          ),
+          shards.map(async (shard) => {
+            await timed(this.#syncClock(shard), `TIME at ${shard.id}`);
+            if (this.#alone.has(this.#topology.server(shard))) {
+              await this.#probeWrites(shard);
+            }
+          }),
         )
       ).catch((error) => {
         if (error instanceof StoreUnavailableError) {
@@ -1093,12 +1122,16 @@ export class RedisSessionStore implements SessionStore {
     args: Array<string | number>,
   ): Promise<BatchReply> {
     const conn = shard.conn;
-    const replicas = this.#waitReplicas;
+    // A master counting alone is asked about its replicas by the clock sync
+    // instead: a WAIT without them would hold up every batch behind it.
+    const replicas = this.#alone.has(this.#topology.server(shard))
+      ? 0
+      : this.#waitReplicas;
     const [numKeys, ...rest] = args;
     const reply = conn.evalsha(script.sha, numKeys!, ...rest);
     const acks = replicas > 0
       ? conn.wait(replicas, WAIT_TIMEOUT_MS)
-      : Promise.resolve(replicas);
+      : Promise.resolve(NOT_ASKED);
     let counts: unknown;
     try {
       counts = await reply;
@@ -1110,7 +1143,7 @@ export class RedisSessionStore implements SessionStore {
         counts: counts as number[] | number,
         acks: replicas > 0
           ? await conn.wait(replicas, WAIT_TIMEOUT_MS)
-          : replicas,
+          : NOT_ASKED,
       };
     }
     return { counts: counts as number[] | number, acks: await acks };
@@ -1217,8 +1250,8 @@ export class RedisSessionStore implements SessionStore {
   }
 
   /**
-   * Waits for Redis, settles every batch whose fate is open, withdraws the
-   * orphans, checks every master takes writes (with its replicas), and only
+   * Waits for Redis, settles every batch whose fate is open, checks every
+   * master takes writes (with its replicas), withdraws the orphans, and only
    * then reports the store available.
    */
   async #recoverLoop(): Promise<void> {
@@ -1241,8 +1274,9 @@ export class RedisSessionStore implements SessionStore {
         }
         await this.#batcher.settled();
         await this.#lookUpDoubtful();
-        await this.#withdraw();
+        // Before the withdrawals, which need the same replicas as batches.
         for (const shard of masters) await this.#probeWrites(shard);
+        await this.#withdraw();
         if (failures !== this.#failures || this.#closed) continue;
         this.#markUp();
       } catch (error) {
@@ -1281,20 +1315,47 @@ export class RedisSessionStore implements SessionStore {
       shard.conn.wait(needed, WAIT_TIMEOUT_MS),
       `WAIT at ${shard.id}`,
     );
-    if (acks < needed) {
+    if (acks >= needed) {
+      this.#replicated(shard);
+      if (acks > needed && !this.#warnedReplicas) {
+        // A failover may promote a replica that had not acknowledged yet.
+        this.#warnedReplicas = true;
+        this.#log.warning(
+          "{server} has {replicas} replicas but REDIS_WAIT_REPLICAS is " +
+            "{needed}: a failover may lose the last acknowledged counts; " +
+            "set it to {replicas}",
+          { server: this.#topology.server(shard), replicas: acks, needed },
+        );
+      }
+      return;
+    }
+    const server = this.#topology.server(shard);
+    if (this.#replicatedAt.has(server)) {
+      // Its replicas acknowledged before: it may be the old master, cut off
+      // by a failover, whose writes would be lost.
       throw new ReplicasMissingError(
-        `Only ${acks} of ${needed} replicas of ${shard.id} acknowledged ` +
+        `Only ${acks} of ${needed} replicas of ${server} acknowledged ` +
           `within ${WAIT_TIMEOUT_MS} ms (REDIS_WAIT_REPLICAS=${needed})`,
       );
     }
-    if (acks > needed && !this.#warnedReplicas) {
-      // A failover may promote a replica that had not acknowledged yet.
-      this.#warnedReplicas = true;
+    if (!this.#alone.has(server)) {
+      this.#alone.add(server);
       this.#log.warning(
-        "{shard} has {replicas} replicas but REDIS_WAIT_REPLICAS is {needed}: " +
-          "a failover may lose the last acknowledged counts; set it to {replicas}",
-        { shard: shard.id, replicas: acks, needed },
+        "{server} has no replica acknowledging writes yet (a replica just " +
+          "promoted, or a Redis without replicas): counting there without " +
+          "one until {needed} attach; a failure of {server} before then " +
+          "can lose the counts acknowledged meanwhile",
+        { server, acks, needed },
       );
+    }
+  }
+
+  /** A master's replicas acknowledge its writes (again). */
+  #replicated(shard: Shard): void {
+    const server = this.#topology.server(shard);
+    this.#replicatedAt.add(server);
+    if (this.#alone.delete(server)) {
+      this.#log.info("{server} has its replicas again", { server });
     }
   }
 
@@ -1433,7 +1494,7 @@ export class RedisSessionStore implements SessionStore {
       throw new StoreUnavailableError("Redis ran a withdrawal too late");
     }
     const needed = this.#waitReplicas;
-    if (needed > 0) {
+    if (needed > 0 && !this.#alone.has(this.#topology.server(shard))) {
       const acks = await timed(
         shard.conn.wait(needed, WAIT_TIMEOUT_MS),
         `WAIT at ${shard.id}`,

@@ -292,6 +292,23 @@ export class Topology {
   }
 
   /**
+   * The address of the server a shard's connection reaches now: a Sentinel
+   * failover changes it behind the one shard.
+   *
+   * @param shard A shard.
+   * @returns `host:port`.
+   */
+  server(shard: Shard): string {
+    if (this.#cluster !== undefined) return shard.id;
+    const stream = (shard.conn as unknown as {
+      stream?: { remoteAddress?: string; remotePort?: number };
+    }).stream;
+    return stream?.remoteAddress === undefined
+      ? shard.id
+      : `${stream.remoteAddress}:${stream.remotePort}`;
+  }
+
+  /**
    * Drops the connection to a master that turned out to be a replica, so
    * the Sentinels are asked again; a Cluster re-reads its slot map instead.
    */
