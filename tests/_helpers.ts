@@ -115,6 +115,7 @@ export class TestClient implements AsyncDisposable {
   readonly received: string[] = [];
   #queue: string[] = [];
   #waiter: (() => void) | undefined;
+  #closeEvent: CloseEvent | undefined;
 
   /**
    * @param url WebSocket URL.
@@ -130,6 +131,7 @@ export class TestClient implements AsyncDisposable {
     this.ws.onerror = () =>
       opened.reject(new Error(`WebSocket to ${url} failed`));
     this.ws.onclose = (e) => {
+      this.#closeEvent = e;
       closed.resolve(e);
       this.#waiter?.();
     };
@@ -171,7 +173,10 @@ export class TestClient implements AsyncDisposable {
         if (heartbeats || !frame.startsWith('{"ts": ')) return frame;
       }
       if (this.ws.readyState === WebSocket.CLOSED) {
-        throw new Error("Socket closed while waiting for a frame");
+        const e = this.#closeEvent;
+        throw new Error(
+          `Socket closed while waiting for a frame (${e?.code} ${e?.reason})`,
+        );
       }
       const arrived = new Promise<void>((r) => this.#waiter = r);
       await within(arrived, "a frame", deadline - performance.now());
@@ -1053,6 +1058,8 @@ export class Streamer {
   repeated = 0;
   /** Longest time between two acknowledged counts, in ms. */
   longestPauseMs = 0;
+  /** What ended the loop early (the socket closed), if anything. */
+  error: Error | undefined;
   #lastAckAt = performance.now();
   #stop = false;
   /** Settles when the loop ends (after {@link stop}, or on a failure). */
@@ -1067,7 +1074,9 @@ export class Streamer {
   constructor(id: string, client: TestClient) {
     this.id = id;
     this.client = client;
-    this.done = this.#run();
+    this.done = this.#run().catch((error) => {
+      this.error = error;
+    });
   }
 
   async #run(): Promise<void> {
@@ -1131,6 +1140,9 @@ export interface Tally {
   readonly numbersSkipped: number;
   readonly clientsRepeating: number;
   readonly clientsAnsweredUnavailable: number;
+  /** Streamers whose loop ended early, and why the first did. */
+  readonly clientsFailed: number;
+  readonly firstFailure: string | undefined;
 }
 
 /**
@@ -1148,5 +1160,7 @@ export function tally(streams: Streamer[]): Tally {
     numbersSkipped: streams.reduce((t, s) => t + s.skipped, 0),
     clientsRepeating: with_((s) => s.repeated),
     clientsAnsweredUnavailable: with_((s) => s.unavailable),
+    clientsFailed: streams.filter((s) => s.error).length,
+    firstFailure: streams.find((s) => s.error)?.error?.message,
   };
 }

@@ -208,6 +208,7 @@ Deno.test("Cluster: a manual failover and a killed master under load lose and re
   const figures = { ...tally(streams), longestPauseMs: Math.round(pauseMs) };
   // deno-lint-ignore no-console -- the measured pause, for the record
   console.log(`Cluster failovers: ${JSON.stringify(figures)}`);
+  assert.equal(figures.clientsFailed, 0, JSON.stringify(figures));
   assert.equal(figures.clientsRepeating, 0, JSON.stringify(figures));
   assert.equal(figures.clientsSkipping, 0, JSON.stringify(figures));
   for (const s of streams) assert.equal(s.last, s.acked, s.id);

@@ -72,6 +72,7 @@ async function failoverWhileStreaming(replicas: number): Promise<number> {
   console.log(
     `Sentinel failover, ${replicas} replica(s): ${JSON.stringify(figures)}`,
   );
+  assert.equal(figures.clientsFailed, 0, JSON.stringify(figures));
   assert.equal(figures.clientsRepeating, 0, JSON.stringify(figures));
   assert.equal(figures.clientsSkipping, 0, JSON.stringify(figures));
   for (const s of streams) assert.equal(s.last, s.acked, s.id);

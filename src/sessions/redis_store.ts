@@ -239,7 +239,7 @@ function withdrawLua(crossSlot: boolean): string {
 if now > tonumber(ARGV[1]) then return ${REFUSED} end
 local n = ${crossSlot ? "(#ARGV - 1) / 4" : "(#ARGV - 1) / 3"}
 local out = {}
-local done = {}
+local done, seen = {}, {}
 for i = 1, n do
   local key = ${crossSlot ? "ARGV[1 + 3 * n + i]" : "KEYS[i + 1]"}
   local field, prefix = ARGV[3 * i - 1], ARGV[3 * i]
@@ -247,7 +247,10 @@ for i = 1, n do
   if type(record) ~= 'string' or string.sub(record, 1, #prefix) ~= prefix then
     out[i] = 2
   else
-    done[#done + 1] = field
+    if not seen[field] then
+      seen[field] = true
+      done[#done + 1] = field
+    end
     if redis.pcall('GET', key) == ARGV[3 * i + 1] then
       redis.pcall('DECR', key)
       out[i] = 1
@@ -999,7 +1002,7 @@ export class RedisSessionStore implements SessionStore {
     // Keeps the clock offsets fresh, and finds a stall while no frame flows.
     this.#clockSync = setInterval(() => {
       if (!this.#up) return;
-      this.#topology.masters().then((shards) =>
+      this.#topology.masters(false).then((shards) =>
         Promise.all(
           shards.map(async (shard) => {
             await timed(this.#syncClock(shard), `TIME at ${shard.id}`);
@@ -1142,11 +1145,16 @@ export class RedisSessionStore implements SessionStore {
       return {
         counts: counts as number[] | number,
         acks: replicas > 0
-          ? await conn.wait(replicas, WAIT_TIMEOUT_MS)
+          ? await conn.wait(replicas, WAIT_TIMEOUT_MS).catch(() => 0)
           : NOT_ASKED,
       };
     }
-    return { counts: counts as number[] | number, acks: await acks };
+    // The script ran: a WAIT that failed (its connection lost, or
+    // UNBLOCKED when the master turned replica) leaves it unconfirmed.
+    return {
+      counts: counts as number[] | number,
+      acks: await acks.catch(() => 0),
+    };
   }
 
   /** A failed command: a timeout means Redis stalls, so mark it down. */

@@ -250,13 +250,15 @@ export class Topology {
   /**
    * Every master, with the slot map re-read first in a Cluster.
    *
+   * @param refresh Whether to re-read the slot map (ioredis also does every
+   *   5 s by itself).
    * @returns One shard per master.
    * @throws {StoreUnavailableError} When a slot has no master, or a master
    *   no connection.
    */
-  async masters(): Promise<Shard[]> {
+  async masters(refresh = true): Promise<Shard[]> {
     if (this.#single !== undefined) return [this.#single];
-    await this.refresh();
+    if (refresh) await this.refresh();
     const slots = this.#cluster!.slots;
     const shards = new Map<string, Shard>();
     for (let slot = 0; slot < SLOTS; slot++) {
