@@ -80,15 +80,25 @@ Deno.test("Cluster: a turn's frames for sessions in many slots go as one script 
     await until(() => store.available, "the store available");
     const ids = Array.from({ length: 300 }, (_, i) => `turn-${i}`);
     for (const id of ids) handles.push(await store.attach(id));
-    // The first call on each master loads the script.
-    await Promise.all(handles.map((h) => h.increment()));
+    // The first call on each master loads the script; on a busy machine a
+    // replica may be slow to acknowledge at first (answered unavailable).
+    await until(async () => {
+      try {
+        await Promise.all(handles.map((h) => h.increment()));
+        return true;
+      } catch {
+        await until(() => store.available, "the store available again");
+        return false;
+      }
+    }, "a turn answered on every master");
+    const before = await Promise.all(handles.map((h) => h.total()));
     const masters = await cluster.masters();
     assert.equal(masters.length, 3);
     for (const port of masters) await redisCli(port, "config", "resetstat");
 
     const counts = await Promise.all(handles.map((h) => h.increment()));
 
-    assert.deepEqual(counts, ids.map(() => 2));
+    assert.deepEqual(counts, before.map((n) => n + 1));
     const calls = await Promise.all(masters.map(commandCalls));
     const keysPerMaster = calls.map((c) => c.incr ?? 0);
     assert.equal(keysPerMaster.reduce((a, b) => a + b), ids.length);
@@ -107,7 +117,7 @@ Deno.test("Cluster: a turn's frames for sessions in many slots go as one script 
     assert.ok(slots.size > 40, "sessions hash to many slots");
     assert.deepEqual(
       await storedCounts(cluster.nodes, ids.slice(0, 5)),
-      ["2", "2", "2", "2", "2"],
+      counts.slice(0, 5).map(String),
     );
   } finally {
     for (const h of handles) h.release();
@@ -129,7 +139,14 @@ Deno.test("Cluster: blue and green count 100 sessions concurrently across slots,
         srv.ws(`/ws/chat/?session_uuid=${id}`),
       );
       for (let i = 0; i < frames; i++) {
-        counts.get(id)!.push(countOf(await c.ask("x")));
+        const frame = await c.ask("x");
+        if (frame === '{"error": "unavailable", "retry": true}') {
+          // Not counted (a replica slow to acknowledge): send it again.
+          i--;
+          await new Promise((r) => setTimeout(r, 25));
+          continue;
+        }
+        counts.get(id)!.push(countOf(frame));
       }
     })
   ));

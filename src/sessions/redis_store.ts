@@ -145,7 +145,7 @@ export const CLOCK_SYNC_INTERVAL_MS = 10_000;
  * {@link COMMAND_TIMEOUT_MS}, so a master whose replicas lag is told apart
  * from a master that stalls.
  */
-export const WAIT_TIMEOUT_MS = 250;
+export const WAIT_TIMEOUT_MS = 500;
 
 /** Most frames sent to Redis in one script call. */
 export const MAX_BATCH = 512;
@@ -374,14 +374,30 @@ function translate(error: unknown): Error {
   });
 }
 
-/** Rejects with {@link CommandTimeoutError} when `promise` takes too long. */
-function timed<T>(promise: Promise<T>, what: string): Promise<T> {
+/**
+ * Rejects with {@link CommandTimeoutError} when `promise` takes too long, or
+ * with {@link StoreUnavailableError} once `signal` aborts (the store closed:
+ * no timer outlives it).
+ */
+function timed<T>(
+  promise: Promise<T>,
+  what: string,
+  signal?: AbortSignal,
+): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(
       () => reject(new CommandTimeoutError(what)),
       COMMAND_TIMEOUT_MS,
     );
-    promise.then(resolve, reject).finally(() => clearTimeout(timer));
+    const abort = () => {
+      clearTimeout(timer);
+      reject(new StoreUnavailableError("Session store closed"));
+    };
+    signal?.addEventListener("abort", abort, { once: true });
+    promise.then(resolve, reject).finally(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", abort);
+    });
   });
 }
 
@@ -1005,7 +1021,7 @@ export class RedisSessionStore implements SessionStore {
       this.#topology.masters(false).then((shards) =>
         Promise.all(
           shards.map(async (shard) => {
-            await timed(this.#syncClock(shard), `TIME at ${shard.id}`);
+            await this.#timed(this.#syncClock(shard), `TIME at ${shard.id}`);
             if (this.#alone.has(this.#topology.server(shard))) {
               await this.#probeWrites(shard);
             }
@@ -1032,7 +1048,7 @@ export class RedisSessionStore implements SessionStore {
     const key = this.#topology.key(id);
     let reply: [number, string];
     try {
-      reply = await timed(
+      reply = await this.#timed(
         // deno-lint-ignore no-explicit-any -- a command defineCommand adds
         (this.#topology.client as any).sockeyeAttach(key, this.#ttlMs),
         "ATTACH",
@@ -1064,7 +1080,7 @@ export class RedisSessionStore implements SessionStore {
     if (!this.#up) throw this.#downError;
     let reply: string | null;
     try {
-      reply = await timed(this.#topology.client.get(key), "GET");
+      reply = await this.#timed(this.#topology.client.get(key), "GET");
     } catch (error) {
       throw this.#failure(error);
     }
@@ -1087,7 +1103,7 @@ export class RedisSessionStore implements SessionStore {
   async check(): Promise<void> {
     if (!this.#up) throw this.#downError;
     try {
-      await timed(this.#topology.client.ping(), "PING");
+      await this.#timed(this.#topology.client.ping(), "PING");
     } catch (error) {
       throw this.#failure(error);
     }
@@ -1111,6 +1127,11 @@ export class RedisSessionStore implements SessionStore {
     } catch {
       client.disconnect();
     }
+  }
+
+  /** {@link timed}, ended when the store closes. */
+  #timed<T>(promise: Promise<T>, what: string): Promise<T> {
+    return timed(promise, what, this.#stopping.signal);
   }
 
   /**
@@ -1278,7 +1299,7 @@ export class RedisSessionStore implements SessionStore {
           // every batch sent before it has answered too. A Cluster's master
           // that stopped answering is a failover in progress: ask again.
           const probe = this.#syncClock(shard);
-          await (clustered ? timed(probe, `TIME at ${shard.id}`) : probe);
+          await (clustered ? this.#timed(probe, `TIME at ${shard.id}`) : probe);
         }
         await this.#batcher.settled();
         await this.#lookUpDoubtful();
@@ -1313,13 +1334,13 @@ export class RedisSessionStore implements SessionStore {
    * and, when batches must wait for replicas, that enough acknowledge.
    */
   async #probeWrites(shard: Shard): Promise<void> {
-    await timed(
+    await this.#timed(
       shard.conn.pexpire(shard.ring, this.#recordTtlMs),
       `a write at ${shard.id}`,
     );
     const needed = this.#waitReplicas;
     if (needed === 0) return;
-    const acks = await timed(
+    const acks = await this.#timed(
       shard.conn.wait(needed, WAIT_TIMEOUT_MS),
       `WAIT at ${shard.id}`,
     );
@@ -1338,9 +1359,13 @@ export class RedisSessionStore implements SessionStore {
       return;
     }
     const server = this.#topology.server(shard);
-    if (this.#replicatedAt.has(server)) {
-      // Its replicas acknowledged before: it may be the old master, cut off
-      // by a failover, whose writes would be lost.
+    // Its replicas acknowledged before: it may be the old master, cut off
+    // by a failover, whose writes would be lost. Or replicas are attached
+    // but slow (ROLE lists them; a user without @admin cannot ask).
+    if (
+      this.#replicatedAt.has(server) ||
+      await this.#replicasAttached(shard) > 0
+    ) {
       throw new ReplicasMissingError(
         `Only ${acks} of ${needed} replicas of ${server} acknowledged ` +
           `within ${WAIT_TIMEOUT_MS} ms (REDIS_WAIT_REPLICAS=${needed})`,
@@ -1355,6 +1380,26 @@ export class RedisSessionStore implements SessionStore {
           "can lose the counts acknowledged meanwhile",
         { server, acks, needed },
       );
+    }
+  }
+
+  /**
+   * Replicas attached to a master, from `ROLE`.
+   *
+   * @returns Their number; 0 when `ROLE` is refused (e.g. `NOPERM`).
+   */
+  async #replicasAttached(shard: Shard): Promise<number> {
+    try {
+      const role = await this.#timed(
+        shard.conn.role() as Promise<unknown[]>,
+        `ROLE at ${shard.id}`,
+      );
+      return role[0] === "master" && Array.isArray(role[2])
+        ? role[2].length
+        : 0;
+    } catch (error) {
+      if (error instanceof CommandTimeoutError) throw error;
+      return 0;
     }
   }
 
@@ -1394,7 +1439,7 @@ export class RedisSessionStore implements SessionStore {
       const fields = doubtful.map((b) => String(b.seq % MAX_IN_FLIGHT));
       let records: Array<string | null>;
       while (true) {
-        const reply = await timed(
+        const reply = await this.#timed(
           evalScript(this.#topology.client, SCRIPTS.lookup, [
             1,
             ring,
@@ -1486,7 +1531,7 @@ export class RedisSessionStore implements SessionStore {
       : [keys.length + 1, ring, ...keys, deadline, ...triples];
     let reply: number[] | number;
     try {
-      reply = await timed(
+      reply = await this.#timed(
         evalScript(
           shard.conn,
           clustered ? SCRIPTS.cluster.withdraw : SCRIPTS.server.withdraw,
@@ -1503,7 +1548,7 @@ export class RedisSessionStore implements SessionStore {
     }
     const needed = this.#waitReplicas;
     if (needed > 0 && !this.#alone.has(this.#topology.server(shard))) {
-      const acks = await timed(
+      const acks = await this.#timed(
         shard.conn.wait(needed, WAIT_TIMEOUT_MS),
         `WAIT at ${shard.id}`,
       );
