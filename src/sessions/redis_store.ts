@@ -1148,9 +1148,10 @@ export class RedisSessionStore implements SessionStore {
     const conn = shard.conn;
     // A master counting alone is asked about its replicas by the clock sync
     // instead: a WAIT without them would hold up every batch behind it.
-    const replicas = this.#alone.has(this.#topology.server(shard))
-      ? 0
-      : this.#waitReplicas;
+    const replicas =
+      this.#waitReplicas > 0 && this.#alone.has(this.#topology.server(shard))
+        ? 0
+        : this.#waitReplicas;
     const [numKeys, ...rest] = args;
     const reply = conn.evalsha(script.sha, numKeys!, ...rest);
     const acks = replicas > 0
