@@ -25,6 +25,10 @@
  * Targets: `bare` (bench/bare_server.ts), `memory` (sockeye, defaults),
  * `memory-quiet` (sockeye with LOG_LEVEL=warning: no per-connection lines),
  * `redis` (sockeye with REDIS_URL; starts its own redis-server),
+ * `redis-cluster` (sockeye with REDIS_CLUSTER_NODES; starts its own Redis
+ * Cluster of three masters, no replicas, REDIS_WAIT_REPLICAS=0: the same
+ * durability as `redis`), `redis-cluster-replicas` (three masters with a
+ * replica each, REDIS_WAIT_REPLICAS=1: every batch waits for its replica),
  * `otel-off`, `otel-default`, `otel-all` (sockeye with OTEL_DENO and the
  * sampler settings, exporting to a local sink that discards),
  * `memory@REV` (sockeye at git revision REV, defaults: a before/after
@@ -156,6 +160,7 @@ function sockeye(
         ...env,
       }, capture);
       await waitForPort(port);
+      await waitReady(port);
       return started;
     },
   };
@@ -229,6 +234,91 @@ async function checkout(
     root: dir + "/",
     remove: () => Deno.remove(dir, { recursive: true }),
   };
+}
+
+/** Waits until sockeye's /readyz answers 200 (its store connected). */
+async function waitReady(port: number): Promise<void> {
+  const deadline = performance.now() + 15_000;
+  while (performance.now() < deadline) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+      await res.body?.cancel();
+      if (res.status === 200) return;
+    } catch { /* not listening yet */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`sockeye on ${port} is not ready`);
+}
+
+/**
+ * Starts a Redis Cluster of `masters` masters with `replicas` replicas each
+ * (redis-server, `redis-cli --cluster create`), on ports whose bus port
+ * (port + 10000) is free too.
+ */
+async function startRedisCluster(
+  masters: number,
+  replicas: number,
+): Promise<{ nodes: string; stop(): Promise<void> }> {
+  const dir = await Deno.makeTempDir({ prefix: "sockeye-bench-cluster-" });
+  const children: Deno.ChildProcess[] = [];
+  const ports: number[] = [];
+  const stop = async () => {
+    for (const child of children) child.kill("SIGTERM");
+    await Promise.all(children.map((c) => c.status));
+    await Deno.remove(dir, { recursive: true });
+  };
+  while (ports.length < masters * (1 + replicas)) {
+    const port = 20000 + Math.floor(Math.random() * 25536);
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+      Deno.listen({ hostname: "127.0.0.1", port: port + 10000 }).close();
+    } catch {
+      continue;
+    }
+    ports.push(port);
+    await Deno.mkdir(`${dir}/${port}`);
+    children.push(
+      new Deno.Command("redis-server", {
+        args: [
+          "--port",
+          String(port),
+          "--bind",
+          "127.0.0.1",
+          "--dir",
+          `${dir}/${port}`,
+          "--save",
+          "",
+          "--appendonly",
+          "no",
+          "--cluster-enabled",
+          "yes",
+          "--cluster-config-file",
+          "nodes.conf",
+        ],
+        stdout: "null",
+        stderr: "null",
+      }).spawn(),
+    );
+  }
+  for (const port of ports) await waitForPort(port);
+  const nodes = ports.map((p) => `127.0.0.1:${p}`);
+  const created = await new Deno.Command("redis-cli", {
+    args: [
+      "--cluster",
+      "create",
+      ...nodes,
+      "--cluster-replicas",
+      String(replicas),
+      "--cluster-yes",
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).output();
+  if (!created.success) {
+    await stop();
+    throw new Error("redis-cli --cluster create failed");
+  }
+  return { nodes: nodes.join(","), stop };
 }
 
 async function startRedis(): Promise<{ url: string; stop(): Promise<void> }> {
@@ -337,6 +427,16 @@ for (const name of values.targets.split(",")) {
     const redis = await startRedis();
     cleanups.push(redis.stop);
     targets.push(sockeye(name, { REDIS_URL: redis.url }));
+  } else if (name === "redis-cluster" || name === "redis-cluster-replicas") {
+    const replicas = name === "redis-cluster" ? 0 : 1;
+    const cluster = await startRedisCluster(3, replicas);
+    cleanups.push(cluster.stop);
+    targets.push(
+      sockeye(name, {
+        REDIS_CLUSTER_NODES: cluster.nodes,
+        REDIS_WAIT_REPLICAS: String(replicas),
+      }),
+    );
   } else if (name.startsWith("otel-")) {
     const sink = startOtlpSink();
     cleanups.push(sink.close);

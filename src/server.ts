@@ -33,7 +33,7 @@ import { isLoopback, type Settings } from "./settings.ts";
 import { VERSION } from "./version.ts";
 import { type DrainResult, Hub } from "./sessions/hub.ts";
 import { MemorySessionStore } from "./sessions/memory_store.ts";
-import { RedisSessionStore } from "./sessions/redis_store.ts";
+import { RedisSessionStore, type RedisTarget } from "./sessions/redis_store.ts";
 import type { SessionStore } from "./sessions/store.ts";
 
 /** What a finished drain reports. */
@@ -179,20 +179,70 @@ export function sessionLimit(
 }
 
 /**
+ * Where the settings put the Redis session store.
+ *
+ * @param settings Parsed settings.
+ * @returns The server, Sentinel master or Cluster; `undefined` for the
+ *   memory store.
+ */
+export function redisTarget(settings: Settings): RedisTarget | undefined {
+  if (settings.redisSentinels !== undefined) {
+    return {
+      kind: "sentinel",
+      sentinels: settings.redisSentinels,
+      name: settings.redisSentinelName,
+      sentinelPassword: settings.redisSentinelPassword,
+      username: settings.redisUsername,
+      password: settings.redisPassword,
+    };
+  }
+  if (settings.redisClusterNodes !== undefined) {
+    return {
+      kind: "cluster",
+      nodes: settings.redisClusterNodes,
+      username: settings.redisUsername,
+      password: settings.redisPassword,
+    };
+  }
+  if (settings.redisUrl !== undefined) {
+    return { kind: "server", url: settings.redisUrl };
+  }
+  return undefined;
+}
+
+/**
+ * Replicas each batch of counts must reach before it is answered: the
+ * setting, or unset 1 with Sentinel or Cluster (they fail over, and an
+ * asynchronous replica may miss the last writes) and 0 for one server.
+ *
+ * @param configured `REDIS_WAIT_REPLICAS`, if set.
+ * @param target Where Redis is.
+ * @returns A count of replicas.
+ */
+export function waitReplicas(
+  configured: number | undefined,
+  target: RedisTarget,
+): number {
+  return configured ?? (target.kind === "server" ? 0 : 1);
+}
+
+/**
  * Creates the session store the settings ask for.
  *
  * @param settings Parsed settings.
  * @param metrics Where the store's availability goes (`app_dependency_up`).
  * @param maxSessions The memory store's bound (see {@link sessionLimit}).
- * @returns A memory store, or a Redis store when `REDIS_URL` is set; the
- *   Redis store connects in the background.
+ * @returns A memory store, or a Redis store when `REDIS_URL`,
+ *   `REDIS_SENTINELS` or `REDIS_CLUSTER_NODES` is set; the Redis store
+ *   connects in the background.
  */
 export function createStore(
   settings: Settings,
   metrics: Metrics,
   maxSessions: number = sessionLimit(settings.maxSessions, undefined),
 ): SessionStore {
-  if (settings.redisUrl === undefined) {
+  const target = redisTarget(settings);
+  if (target === undefined) {
     metrics.dependencyUp.labels("memory").set(1);
     return new MemorySessionStore(settings.sessionTtlS, {
       maxSessions,
@@ -202,10 +252,11 @@ export function createStore(
   const up = metrics.dependencyUp.labels("redis");
   up.set(0);
   return new RedisSessionStore(
-    settings.redisUrl,
+    target,
     settings.sessionTtlS,
     logger("redis"),
     { onAvailability: (available) => up.set(available ? 1 : 0) },
+    { waitReplicas: waitReplicas(settings.redisWaitReplicas, target) },
   );
 }
 

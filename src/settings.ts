@@ -82,6 +82,7 @@ export const MIN_DURATION_S = 0.01;
  */
 export const WATCHDOG_MARGIN_S = 5;
 const ORIGIN_RE = /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+$/i;
+const SENTINEL_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 /**
  * The shortest HMAC key accepted (`AUTH_JWT_SECRET`, `SESSION_SECRET`), in
@@ -136,6 +137,70 @@ export const SETTINGS = {
     redact: redactUrl,
     doc: "redis:// or rediss:// URL of the session store; unset keeps " +
       "sessions in memory",
+  }),
+  /**
+   * Redis Sentinels (`host:port`, …) that name the session store's master;
+   * unset uses `REDIS_URL` or `REDIS_CLUSTER_NODES`.
+   */
+  redisSentinels: setting({
+    env: "REDIS_SENTINELS",
+    schema: hostPortsSchema(),
+    doc: "comma-separated host:port of Redis Sentinels; sessions live in " +
+      "the master they name REDIS_SENTINEL_NAME",
+  }),
+  /** The master's name in Sentinel (`sentinel monitor <name> …`). */
+  redisSentinelName: setting({
+    env: "REDIS_SENTINEL_NAME",
+    default: "mymaster",
+    schema: v.pipe(
+      v.string(),
+      v.regex(SENTINEL_NAME_RE, "1 to 64 of A-Z a-z 0-9 . _ -"),
+    ),
+    doc: "the master's name in Sentinel (with REDIS_SENTINELS)",
+  }),
+  /** Password of the Sentinels themselves (`requirepass` in sentinel.conf). */
+  redisSentinelPassword: setting({
+    env: "REDIS_SENTINEL_PASSWORD",
+    schema: v.string(),
+    secret: true,
+    doc: "password of the Sentinels themselves (with REDIS_SENTINELS)",
+  }),
+  /**
+   * Some nodes of a Redis Cluster (`host:port`, …); the rest are discovered.
+   */
+  redisClusterNodes: setting({
+    env: "REDIS_CLUSTER_NODES",
+    schema: hostPortsSchema(),
+    doc: "comma-separated host:port of Redis Cluster nodes (some suffice; " +
+      "the rest are discovered); sessions live in the Cluster",
+  }),
+  /** ACL user for the servers behind `REDIS_SENTINELS` or `REDIS_CLUSTER_NODES`. */
+  redisUsername: setting({
+    env: "REDIS_USERNAME",
+    schema: v.string(),
+    doc: "ACL user of the Redis servers with REDIS_SENTINELS or " +
+      "REDIS_CLUSTER_NODES (REDIS_URL carries its own)",
+  }),
+  /** Password of the servers behind `REDIS_SENTINELS` or `REDIS_CLUSTER_NODES`. */
+  redisPassword: setting({
+    env: "REDIS_PASSWORD",
+    schema: v.string(),
+    secret: true,
+    doc: "password of the Redis servers with REDIS_SENTINELS or " +
+      "REDIS_CLUSTER_NODES (REDIS_URL carries its own)",
+  }),
+  /**
+   * Replicas that must hold each batch of counts (`WAIT`) before it is
+   * answered; unset derives it from the Redis setting (`waitReplicas` in
+   * server.ts): 1 with Sentinel or Cluster, 0 with `REDIS_URL`.
+   */
+  redisWaitReplicas: setting({
+    env: "REDIS_WAIT_REPLICAS",
+    defaultText: "derived",
+    schema: numberSchema({ min: 0, max: 16, integer: true }),
+    doc: "replicas that must acknowledge each batch of counts (WAIT) before " +
+      "it is answered, so a failover loses nothing acknowledged (0–16); " +
+      "unset: 1 with REDIS_SENTINELS or REDIS_CLUSTER_NODES, 0 with REDIS_URL",
   }),
   /** Seconds between `{"ts": ...}` heartbeats. */
   heartbeatIntervalS: setting({
@@ -469,6 +534,29 @@ export const CROSS_CHECKS: readonly CrossCheck[] = [
       "alone it would not turn authentication on",
   })),
   {
+    env: "REDIS_SENTINELS",
+    uses: ["REDIS_SENTINELS", "REDIS_URL", "REDIS_CLUSTER_NODES"],
+    test: (s) =>
+      s.REDIS_SENTINELS === undefined ||
+      (s.REDIS_URL === undefined && s.REDIS_CLUSTER_NODES === undefined),
+    expected: (s) => `unset while ${redisSetBesides(s, "REDIS_SENTINELS")}`,
+  },
+  {
+    env: "REDIS_CLUSTER_NODES",
+    uses: ["REDIS_CLUSTER_NODES", "REDIS_URL"],
+    test: (s) =>
+      s.REDIS_CLUSTER_NODES === undefined || s.REDIS_URL === undefined,
+    expected: (s) => `unset while ${redisSetBesides(s, "REDIS_CLUSTER_NODES")}`,
+  },
+  ...["REDIS_USERNAME", "REDIS_PASSWORD"].map((env): CrossCheck => ({
+    env,
+    uses: [env, "REDIS_URL"],
+    test: (s) => s[env] === undefined || s.REDIS_URL === undefined,
+    expected: () =>
+      "unset while REDIS_URL is set (the URL carries user and password: " +
+      "redis://user:password@host:6379/0)",
+  })),
+  {
     env: "DRAIN_DELAY_S",
     uses: ["DRAIN_DELAY_S", "SHUTDOWN_TIMEOUT_S"],
     test: (s) => (s.DRAIN_DELAY_S as number) < (s.SHUTDOWN_TIMEOUT_S as number),
@@ -599,6 +687,64 @@ function cidrListSchema(): Schema<readonly string[]> {
     ),
     v.transform((list) => Object.freeze(list.map((c) => normaliseCidr(c)!))),
   );
+}
+
+/** The variables naming a Redis for the session store, one at most. */
+const REDIS_TARGETS = [
+  "REDIS_URL",
+  "REDIS_SENTINELS",
+  "REDIS_CLUSTER_NODES",
+] as const;
+
+function redisSetBesides(
+  values: Readonly<Record<string, unknown>>,
+  env: string,
+): string {
+  const others = REDIS_TARGETS.filter((name) =>
+    name !== env && values[name] !== undefined
+  );
+  return `${others.join(" and ")} ${others.length > 1 ? "are" : "is"} set ` +
+    `(set one of ${REDIS_TARGETS.join(", ")})`;
+}
+
+const HOST_PORT_RE =
+  /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):([0-9]{1,5})$/;
+
+/**
+ * A schema for a comma-separated list of `host:port` (a name, an IPv4
+ * address, or an IPv6 address in brackets; port 1–65535).
+ *
+ * @returns Raw text → the entries, trimmed, in order, frozen.
+ */
+export function hostPortsSchema(): Schema<readonly string[]> {
+  return v.pipe(
+    v.string(),
+    v.transform((s) =>
+      Object.freeze(s.split(",").map((e) => e.trim()).filter((e) => e))
+    ),
+    v.check(
+      (list) =>
+        list.length > 0 && list.every((entry) => {
+          const port = Number(HOST_PORT_RE.exec(entry)?.[1] ?? 0);
+          return port >= 1 && port <= 65535;
+        }),
+      "a comma-separated list of host:port such as redis-a:26379,redis-b:26379",
+    ),
+  );
+}
+
+/**
+ * Splits one `host:port` entry of {@link hostPortsSchema}.
+ *
+ * @param entry e.g. `redis-a:26379` or `[::1]:6379`.
+ * @returns The host (brackets removed) and the port.
+ */
+export function splitHostPort(entry: string): { host: string; port: number } {
+  const i = entry.lastIndexOf(":");
+  return {
+    host: entry.slice(0, i).replace(/^\[(.*)\]$/, "$1"),
+    port: Number(entry.slice(i + 1)),
+  };
 }
 
 /**

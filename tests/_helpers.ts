@@ -146,6 +146,7 @@ export class TestClient implements AsyncDisposable {
   readonly received: string[] = [];
   #queue: string[] = [];
   #waiter: (() => void) | undefined;
+  #closeEvent: CloseEvent | undefined;
 
   /**
    * @param url WebSocket URL.
@@ -161,6 +162,7 @@ export class TestClient implements AsyncDisposable {
     this.ws.onerror = () =>
       opened.reject(new Error(`WebSocket to ${url} failed`));
     this.ws.onclose = (e) => {
+      this.#closeEvent = e;
       closed.resolve(e);
       this.#waiter?.();
     };
@@ -202,7 +204,10 @@ export class TestClient implements AsyncDisposable {
         if (heartbeats || !frame.startsWith('{"ts": ')) return frame;
       }
       if (this.ws.readyState === WebSocket.CLOSED) {
-        throw new Error("Socket closed while waiting for a frame");
+        const e = this.#closeEvent;
+        throw new Error(
+          `Socket closed while waiting for a frame (${e?.code} ${e?.reason})`,
+        );
       }
       const arrived = new Promise<void>((r) => this.#waiter = r);
       await within(arrived, "a frame", deadline - performance.now());
@@ -806,5 +811,533 @@ export async function backgroundServer(
       }
       await Deno.remove(dir, { recursive: true });
     },
+  };
+}
+
+/**
+ * A loopback port whose Redis Cluster bus port (port + 10000) was free a
+ * moment ago too.
+ *
+ * @returns A port from 20000 to 45535.
+ */
+export function freeClusterPort(): number {
+  for (let tries = 0; tries < 200; tries++) {
+    const port = 20000 + Math.floor(Math.random() * 25536);
+    const listeners: Deno.Listener[] = [];
+    try {
+      for (const p of [port, port + 10000]) {
+        listeners.push(Deno.listen({ hostname: "127.0.0.1", port: p }));
+      }
+      return port;
+    } catch {
+      // taken: try another
+    } finally {
+      for (const l of listeners) l.close();
+    }
+  }
+  throw new Error("No free port pair for a Redis Cluster node");
+}
+
+/**
+ * Runs `redis-cli` against a loopback port.
+ *
+ * @param port The server's port.
+ * @param args The command and its arguments.
+ * @returns What it printed, trimmed.
+ */
+export async function redisCli(
+  port: number,
+  ...args: string[]
+): Promise<string> {
+  const out = await new Deno.Command("redis-cli", {
+    args: ["-h", "127.0.0.1", "-p", String(port), ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return new TextDecoder().decode(out.stdout).trim();
+}
+
+/** A redis-server process of a test's own. */
+interface Proc {
+  readonly port: number;
+  child: Deno.ChildProcess | undefined;
+}
+
+function spawnRedis(dir: string, port: number, extra: string[]): Proc {
+  const child = new Deno.Command("redis-server", {
+    args: [
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--dir",
+      dir,
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      ...extra,
+    ],
+    stdout: "null",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  return { port, child };
+}
+
+async function stopProc(proc: Proc, signal: Deno.Signal): Promise<void> {
+  const child = proc.child;
+  if (!child) return;
+  proc.child = undefined;
+  try {
+    child.kill(signal);
+  } catch { /* gone */ }
+  await child.status;
+}
+
+/** A Redis Cluster of a test's own: masters with one replica each. */
+export interface TestRedisCluster extends AsyncDisposable {
+  /** Every node's port, masters first as created. */
+  readonly ports: readonly number[];
+  /** `127.0.0.1:port,…` of every node, for `REDIS_CLUSTER_NODES`. */
+  readonly nodes: string;
+  /** The master serving a key now, from `CLUSTER NODES`. */
+  masterOf(key: string): Promise<number>;
+  /** Every master's port now. */
+  masters(): Promise<number[]>;
+  /** The replica of the master on `port`. */
+  replicaOf(port: number): Promise<number>;
+  /** Kills a node with SIGKILL. */
+  kill(port: number): Promise<void>;
+  /** Starts a killed node again with its data: it rejoins as a replica. */
+  restart(port: number): Promise<void>;
+}
+
+interface ClusterNode {
+  readonly id: string;
+  readonly port: number;
+  readonly master: boolean;
+  /** The master's id, for a replica. */
+  readonly of: string;
+  readonly slots: readonly [number, number][];
+  readonly failed: boolean;
+}
+
+async function clusterNodes(port: number): Promise<ClusterNode[]> {
+  const text = await redisCli(port, "cluster", "nodes");
+  return text.split("\n").filter((l) => l.trim()).map((line) => {
+    const f = line.split(" ");
+    const flags = f[2]!.split(",");
+    return {
+      id: f[0]!,
+      port: Number(f[1]!.split(/[:@]/)[1]),
+      master: flags.includes("master"),
+      of: f[3]!,
+      failed: flags.some((x) => x === "fail" || x === "fail?"),
+      slots: f.slice(8).filter((s) => /^\d/.test(s)).map((s) => {
+        const [a, b] = s.split("-").map(Number);
+        return [a!, b ?? a!] as [number, number];
+      }),
+    };
+  });
+}
+
+/**
+ * Starts a Redis Cluster from Debian's `redis-server` on loopback ports of
+ * its own (`redis-cli --cluster create --cluster-replicas`), data in a
+ * temporary folder, and waits until every node reports it healthy with
+ * each replica in sync. A node is failed over after
+ * `cluster-node-timeout` 1000 ms.
+ *
+ * @param masters How many masters.
+ * @param replicas Replicas per master.
+ */
+export async function startRedisCluster(
+  masters = 3,
+  replicas = 1,
+): Promise<TestRedisCluster> {
+  const dir = await Deno.makeTempDir({ prefix: "sockeye-cluster-" });
+  const procs: Proc[] = [];
+  const stop = async () => {
+    await Promise.all(procs.map((p) => stopProc(p, "SIGKILL")));
+    await Deno.remove(dir, { recursive: true });
+  };
+  const spawnNode = (port: number) =>
+    spawnRedis(`${dir}/${port}`, port, [
+      "--cluster-enabled",
+      "yes",
+      "--cluster-config-file",
+      "nodes.conf",
+      "--cluster-node-timeout",
+      "1000",
+    ]);
+  try {
+    for (let i = 0; i < masters * (1 + replicas); i++) {
+      const port = freeClusterPort();
+      await Deno.mkdir(`${dir}/${port}`);
+      procs.push(spawnNode(port));
+    }
+    for (const p of procs) await waitForPort(p.port);
+    const created = await new Deno.Command("redis-cli", {
+      args: [
+        "--cluster",
+        "create",
+        ...procs.map((p) => `127.0.0.1:${p.port}`),
+        "--cluster-replicas",
+        String(replicas),
+        "--cluster-yes",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!created.success) {
+      throw new Error(
+        `redis-cli --cluster create failed: ${
+          new TextDecoder().decode(created.stdout)
+        }`,
+      );
+    }
+    await until(
+      async () => {
+        for (const p of procs) {
+          const info = await redisCli(p.port, "cluster", "info");
+          if (!info.includes("cluster_state:ok")) return false;
+          const known = await clusterNodes(p.port);
+          if (known.length !== procs.length) return false;
+          const role = await redisCli(p.port, "info", "replication");
+          if (role.includes("role:slave") && !role.includes("link_status:up")) {
+            return false;
+          }
+          // A master's writes are acknowledged by its replicas (WAIT).
+          if (
+            replicas > 0 && role.includes("role:master") &&
+            await redisCli(p.port, "wait", String(replicas), "100") !==
+              String(replicas)
+          ) return false;
+        }
+        return true;
+      },
+      "a healthy Redis Cluster",
+      { timeoutMs: 20_000, intervalMs: 100 },
+    );
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  const live = () => procs.find((p) => p.child)!.port;
+  return {
+    ports: procs.map((p) => p.port),
+    nodes: procs.map((p) => `127.0.0.1:${p.port}`).join(","),
+    async masterOf(key) {
+      const slot = Number(await redisCli(live(), "cluster", "keyslot", key));
+      const nodes = await clusterNodes(live());
+      const owner = nodes.find((n) =>
+        n.master && !n.failed &&
+        n.slots.some(([a, b]) => slot >= a && slot <= b)
+      );
+      if (!owner) throw new Error(`No master serves slot ${slot}`);
+      return owner.port;
+    },
+    async masters() {
+      return (await clusterNodes(live())).filter((n) =>
+        n.master && !n.failed && n.slots.length > 0
+      ).map((n) => n.port);
+    },
+    async replicaOf(port) {
+      const nodes = await clusterNodes(live());
+      const master = nodes.find((n) => n.port === port)!;
+      const replica = nodes.find((n) => n.of === master.id && !n.failed);
+      if (!replica) throw new Error(`No replica of ${port}`);
+      return replica.port;
+    },
+    async kill(port) {
+      await stopProc(procs.find((p) => p.port === port)!, "SIGKILL");
+    },
+    async restart(port) {
+      const i = procs.findIndex((p) => p.port === port);
+      procs[i] = spawnNode(port);
+      await waitForPort(port);
+    },
+    [Symbol.asyncDispose]: stop,
+  };
+}
+
+/** A Redis master, its replicas and three Sentinels of a test's own. */
+export interface TestRedisSentinel extends AsyncDisposable {
+  /** `127.0.0.1:port,…` of the Sentinels, for `REDIS_SENTINELS`. */
+  readonly sentinels: string;
+  /** The master's name: `mymaster`. */
+  readonly name: string;
+  /** The port of the master the Sentinels name now. */
+  master(): Promise<number>;
+  /** Asks a Sentinel for a failover and waits until the replica is master. */
+  failover(): Promise<number>;
+}
+
+/**
+ * Starts one master, its replicas and three Sentinels (`redis-server
+ * --sentinel`, Debian's redis-server) on loopback ports of their own, and
+ * waits until every Sentinel knows the replicas and the other Sentinels.
+ *
+ * @param replicas How many replicas.
+ */
+export async function startRedisSentinel(
+  replicas = 1,
+): Promise<TestRedisSentinel> {
+  const dir = await Deno.makeTempDir({ prefix: "sockeye-sentinel-" });
+  const procs: Proc[] = [];
+  const stop = async () => {
+    await Promise.all(procs.map((p) => stopProc(p, "SIGKILL")));
+    await Deno.remove(dir, { recursive: true });
+  };
+  const name = "mymaster";
+  const sentinelPorts: number[] = [];
+  try {
+    const masterPort = freePort();
+    await Deno.mkdir(`${dir}/${masterPort}`);
+    procs.push(spawnRedis(`${dir}/${masterPort}`, masterPort, []));
+    for (let i = 0; i < replicas; i++) {
+      const port = freePort();
+      await Deno.mkdir(`${dir}/${port}`);
+      procs.push(
+        spawnRedis(`${dir}/${port}`, port, [
+          "--replicaof",
+          "127.0.0.1",
+          String(masterPort),
+        ]),
+      );
+    }
+    for (const p of procs) await waitForPort(p.port);
+    await until(
+      async () =>
+        await redisCli(masterPort, "wait", String(replicas), "100") ===
+          String(replicas),
+      "the replicas in sync",
+    );
+    for (let i = 0; i < 3; i++) {
+      const port = freePort();
+      sentinelPorts.push(port);
+      const conf = `${dir}/sentinel-${port}.conf`;
+      await Deno.writeTextFile(
+        conf,
+        [
+          `port ${port}`,
+          "bind 127.0.0.1",
+          `dir ${dir}`,
+          `sentinel monitor ${name} 127.0.0.1 ${masterPort} 2`,
+          `sentinel down-after-milliseconds ${name} 1000`,
+          `sentinel failover-timeout ${name} 10000`,
+          "",
+        ].join("\n"),
+      );
+      const child = new Deno.Command("redis-server", {
+        args: [conf, "--sentinel"],
+        stdout: "null",
+        stderr: "null",
+        stdin: "null",
+      }).spawn();
+      procs.push({ port, child });
+    }
+    for (const port of sentinelPorts) await waitForPort(port);
+    await until(
+      async () => {
+        for (const port of sentinelPorts) {
+          const master = await redisCli(port, "sentinel", "master", name);
+          const fields = master.split("\n");
+          const at = (k: string) => fields[fields.indexOf(k) + 1];
+          if (
+            at("num-slaves") !== String(replicas) ||
+            at("num-other-sentinels") !== "2"
+          ) {
+            return false;
+          }
+        }
+        return true;
+      },
+      "Sentinels that know the replica and each other",
+      {
+        timeoutMs: 20_000,
+        intervalMs: 100,
+      },
+    );
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  const master = async () => {
+    const addr = await redisCli(
+      sentinelPorts[0]!,
+      "sentinel",
+      "get-master-addr-by-name",
+      name,
+    );
+    return Number(addr.split("\n")[1]);
+  };
+  return {
+    sentinels: sentinelPorts.map((p) => `127.0.0.1:${p}`).join(","),
+    name,
+    master,
+    async failover() {
+      const before = await master();
+      const reply = await redisCli(
+        sentinelPorts[0]!,
+        "sentinel",
+        "failover",
+        name,
+      );
+      if (reply !== "OK") throw new Error(`SENTINEL FAILOVER: ${reply}`);
+      return await until(
+        async () => {
+          const now = await master();
+          const promoted = now !== before &&
+            (await redisCli(now, "role")).startsWith("master");
+          return promoted ? now : undefined;
+        },
+        "the replica promoted",
+        { timeoutMs: 20_000, intervalMs: 50 },
+      );
+    },
+    [Symbol.asyncDispose]: stop,
+  };
+}
+
+/**
+ * Reads `{"count": n}`.
+ *
+ * @param frame A reply frame.
+ * @returns n.
+ * @throws When the frame is not a count.
+ */
+export function countOf(frame: string): number {
+  const m = frame.match(/^\{"count": (\d+)\}$/);
+  if (!m) throw new Error(`Not a count frame: ${frame}`);
+  return Number(m[1]);
+}
+
+/**
+ * A client that streams frames in a closed loop (send, wait for the answer)
+ * and checks every count against the last one it was acknowledged. After an
+ * `unavailable` answer it retries the next frame after a short backoff, as
+ * `"retry": true` invites.
+ */
+export class Streamer {
+  readonly id: string;
+  readonly client: TestClient;
+  /** Last count acknowledged with `{"count": n}`. */
+  last = 0;
+  /** `{"count": n}` answers received. */
+  acked = 0;
+  /** `unavailable` answers received. */
+  unavailable = 0;
+  /** Numbers skipped: n above last + 1. */
+  skipped = 0;
+  /** Counts at or below one already acknowledged. */
+  repeated = 0;
+  /** Longest time between two acknowledged counts, in ms. */
+  longestPauseMs = 0;
+  /** What ended the loop early (the socket closed), if anything. */
+  error: Error | undefined;
+  #lastAckAt = performance.now();
+  #stop = false;
+  /** Settles when the loop ends (after {@link stop}, or on a failure). */
+  readonly done: Promise<void>;
+
+  /**
+   * Starts streaming at once.
+   *
+   * @param id The session id.
+   * @param client An open client on that session.
+   */
+  constructor(id: string, client: TestClient) {
+    this.id = id;
+    this.client = client;
+    this.done = this.#run().catch((error) => {
+      this.error = error;
+    });
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stop) {
+      const frame = await this.client.ask("m");
+      if (frame === '{"error": "unavailable", "retry": true}') {
+        this.unavailable++;
+        await new Promise((r) => setTimeout(r, 25)); // the client's backoff
+        continue;
+      }
+      const n = countOf(frame);
+      if (n > this.last + 1) this.skipped += n - this.last - 1;
+      if (n <= this.last) this.repeated++;
+      this.last = Math.max(this.last, n);
+      this.acked++;
+      const now = performance.now();
+      this.longestPauseMs = Math.max(
+        this.longestPauseMs,
+        now - this.#lastAckAt,
+      );
+      this.#lastAckAt = now;
+    }
+  }
+
+  /** Ends the loop after the frame in flight and closes the socket. */
+  async stop(): Promise<void> {
+    this.#stop = true;
+    await this.done;
+    await this.client.close();
+  }
+}
+
+/**
+ * Opens `n` clients on sessions `<prefix>-0` … and starts each streaming.
+ *
+ * @param port The server's loopback port.
+ * @param prefix Session id prefix.
+ * @param n How many.
+ * @returns The streamers, streaming.
+ */
+export async function startStreamers(
+  port: number,
+  prefix: string,
+  n: number,
+): Promise<Streamer[]> {
+  return await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      const id = `${prefix}-${i}`;
+      const client = await TestClient.open(
+        `ws://127.0.0.1:${port}/ws/chat/?session_uuid=${id}`,
+      );
+      return new Streamer(id, client);
+    }),
+  );
+}
+
+/** What {@link tally} counts. */
+export interface Tally {
+  readonly clients: number;
+  readonly clientsSkipping: number;
+  readonly numbersSkipped: number;
+  readonly clientsRepeating: number;
+  readonly clientsAnsweredUnavailable: number;
+  /** Streamers whose loop ended early, and why the first did. */
+  readonly clientsFailed: number;
+  readonly firstFailure: string | undefined;
+}
+
+/**
+ * Every streamer's figures, for assertion messages.
+ *
+ * @param streams The streamers.
+ * @returns How many clients skipped, repeated or were answered unavailable.
+ */
+export function tally(streams: Streamer[]): Tally {
+  const with_ = (f: (s: Streamer) => number) =>
+    streams.filter((s) => f(s) > 0).length;
+  return {
+    clients: streams.length,
+    clientsSkipping: with_((s) => s.skipped),
+    numbersSkipped: streams.reduce((t, s) => t + s.skipped, 0),
+    clientsRepeating: with_((s) => s.repeated),
+    clientsAnsweredUnavailable: with_((s) => s.unavailable),
+    clientsFailed: streams.filter((s) => s.error).length,
+    firstFailure: streams.find((s) => s.error)?.error?.message,
   };
 }

@@ -501,7 +501,10 @@ Deno.test("compose.yml follows the Compose specification and mounts files that e
 
 Deno.test("the Dockerfile builds the binary with deno compile and runs it as non-root", () => {
   const text = Deno.readTextFileSync(`${ROOT}Dockerfile`);
-  assert.match(text, /^FROM denoland\/deno:\S*2\.9\.6 AS build$/m);
+  assert.match(
+    text,
+    /^FROM (--platform=\$BUILDPLATFORM )?denoland\/deno:\S*2\.9\.6 AS build$/m,
+  );
   assert.match(text, /deno compile .*--output \/out\/sockeye main\.ts/s);
   assert.match(text, /^USER nonroot/m);
   assert.match(text, /^STOPSIGNAL SIGTERM$/m);

@@ -5,10 +5,14 @@
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import {
+  countOf,
   metricValue,
   spawnServer,
   startRedis,
+  startStreamers,
   startTestServer,
+  type Streamer,
+  tally,
   TestClient,
   type TestServer,
   until,
@@ -34,12 +38,6 @@ function waitReady(srv: TestServer): Promise<unknown> {
     async () => (await readyz(srv.http("/readyz"))).status === 200,
     "ready",
   );
-}
-
-function countOf(frame: string): number {
-  const m = frame.match(/^\{"count": (\d+)\}$/);
-  if (!m) throw new Error(`Not a count frame: ${frame}`);
-  return Number(m[1]);
 }
 
 Deno.test("a session started on blue resumes on green with the exact next count", async () => {
@@ -286,86 +284,6 @@ Deno.test("Redis unreachable at start: the service starts, stays not ready, refu
   await using c = await TestClient.open(srv.ws());
   assert.equal(await c.ask("m"), '{"count": 1}');
 });
-
-/**
- * A client that streams frames in a closed loop (send, wait for the answer)
- * and checks every count against the last one it was acknowledged. After an
- * `unavailable` answer it retries the next frame after a short backoff, as
- * `"retry": true` invites.
- */
-class Streamer {
-  readonly id: string;
-  readonly client: TestClient;
-  /** Last count acknowledged with `{"count": n}`. */
-  last = 0;
-  /** `{"count": n}` answers received. */
-  acked = 0;
-  /** `unavailable` answers received. */
-  unavailable = 0;
-  /** Numbers skipped: n above last + 1. */
-  skipped = 0;
-  /** Counts at or below one already acknowledged. */
-  repeated = 0;
-  #stop = false;
-  readonly done: Promise<void>;
-
-  constructor(id: string, client: TestClient) {
-    this.id = id;
-    this.client = client;
-    this.done = this.#run();
-  }
-
-  async #run(): Promise<void> {
-    while (!this.#stop) {
-      const frame = await this.client.ask("m");
-      if (frame === '{"error": "unavailable", "retry": true}') {
-        this.unavailable++;
-        await new Promise((r) => setTimeout(r, 25)); // the client's backoff
-        continue;
-      }
-      const n = countOf(frame);
-      if (n > this.last + 1) this.skipped += n - this.last - 1;
-      if (n <= this.last) this.repeated++;
-      this.last = Math.max(this.last, n);
-      this.acked++;
-    }
-  }
-
-  async stop(): Promise<void> {
-    this.#stop = true;
-    await this.done;
-    await this.client.close();
-  }
-}
-
-async function startStreamers(
-  port: number,
-  prefix: string,
-  n: number,
-): Promise<Streamer[]> {
-  return await Promise.all(
-    Array.from({ length: n }, async (_, i) => {
-      const id = `${prefix}-${i}`;
-      const client = await TestClient.open(
-        `ws://127.0.0.1:${port}/ws/chat/?session_uuid=${id}`,
-      );
-      return new Streamer(id, client);
-    }),
-  );
-}
-
-/** Every streamer's figures, for assertion messages. */
-function tally(streams: Streamer[]) {
-  const with_ = (f: (s: Streamer) => number) =>
-    streams.filter((s) => f(s) > 0).length;
-  return {
-    clients: streams.length,
-    clientsSkipping: with_((s) => s.skipped),
-    numbersSkipped: streams.reduce((t, s) => t + s.skipped, 0),
-    clientsRepeating: with_((s) => s.repeated),
-    clientsAnsweredUnavailable: with_((s) => s.unavailable),
-  };
-}
 
 /** Asserts each stream's stored count is what it was acknowledged. */
 async function assertStored(redisUrl: string, streams: Streamer[]) {

@@ -11,8 +11,10 @@ import {
   SETTINGS,
   SettingsError,
   type SettingSpec,
+  splitHostPort,
   suspectVariables,
 } from "../src/settings.ts";
+import { redisTarget, waitReplicas } from "../src/server.ts";
 import { closest, editDistance } from "../src/suggest.ts";
 import { DENO, ROOT, within } from "./_helpers.ts";
 
@@ -381,4 +383,64 @@ Deno.test("editDistance counts transpositions as one edit and stops past its bou
   }
   assert.equal(closest("--prot", ["--port", "--json"]), "--port");
   assert.equal(closest("HOME", ["HOST"]), undefined, "short names: one edit");
+});
+
+Deno.test("Redis beyond one server: host:port lists, one target at most, passwords where the URL has none", () => {
+  const s = parseSettings({
+    REDIS_SENTINELS: "s-a:26379, s-b:26380,[::1]:26381",
+    REDIS_PASSWORD: "pw",
+  });
+  assert.deepEqual(s.redisSentinels, ["s-a:26379", "s-b:26380", "[::1]:26381"]);
+  assert.equal(s.redisSentinelName, "mymaster");
+  assert.equal(s.redisWaitReplicas, undefined);
+  assert.deepEqual(splitHostPort("[::1]:26381"), { host: "::1", port: 26381 });
+  for (const bad of ["a", "a:0", "a:65536", ":1", "a b:1", ","]) {
+    assert.throws(
+      () => parseSettings({ REDIS_CLUSTER_NODES: bad }),
+      /REDIS_CLUSTER_NODES .*expected a comma-separated list of host:port/,
+      bad,
+    );
+  }
+  assert.throws(
+    () =>
+      parseSettings({
+        REDIS_URL: "redis://r:6379",
+        REDIS_CLUSTER_NODES: "c:7000",
+        REDIS_PASSWORD: "s3cret",
+      }),
+    (e: unknown) =>
+      e instanceof SettingsError &&
+      e.problems.map((p) => p.variable).join() ===
+        "REDIS_CLUSTER_NODES,REDIS_PASSWORD" &&
+      /REDIS_URL is set \(set one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES\)/
+        .test(e.message) &&
+      !e.message.includes("s3cret"),
+  );
+  assert.throws(
+    () => parseSettings({ REDIS_SENTINELS: "a:1", REDIS_CLUSTER_NODES: "b:2" }),
+    /REDIS_SENTINELS "a:1": expected unset while REDIS_CLUSTER_NODES is set/,
+  );
+  assert.throws(
+    () => parseSettings({ REDIS_WAIT_REPLICAS: "17" }),
+    /REDIS_WAIT_REPLICAS "17": expected an integer from 0 to 16/,
+  );
+  assert.equal(
+    waitReplicas(undefined, { kind: "cluster", nodes: ["c:7000"] }),
+    1,
+  );
+  assert.equal(
+    waitReplicas(undefined, { kind: "server", url: "redis://r" }),
+    0,
+  );
+  assert.equal(waitReplicas(2, { kind: "server", url: "redis://r" }), 2);
+  assert.deepEqual(
+    redisTarget(parseSettings({ REDIS_CLUSTER_NODES: "c:7000,d:7001" })),
+    {
+      kind: "cluster",
+      nodes: ["c:7000", "d:7001"],
+      username: undefined,
+      password: undefined,
+    },
+  );
+  assert.equal(redisTarget(parseSettings({})), undefined);
 });
