@@ -240,6 +240,7 @@ export async function startServer(settings: Settings): Promise<Server> {
     metrics,
     logger("ws"),
   );
+  hub.start();
   const fdLimit = maxFds();
   const connections = connectionLimit(settings.maxConnections, fdLimit);
   const memory = memoryLimit(settings.memoryLimitBytes, cgroupMemoryLimit());
@@ -299,7 +300,7 @@ export async function startServer(settings: Settings): Promise<Server> {
     await http?.shutdown();
     await adminHttp?.shutdown();
     guard?.stop();
-    hub.stopHeartbeat();
+    hub[Symbol.dispose]();
     metrics[Symbol.dispose]();
     await store.close();
     throw error;
