@@ -564,8 +564,8 @@ export class RedisSessionStore implements SessionStore {
   readonly #events: RedisStoreEvents;
   /** Session id → connections holding it here; their TTL is refreshed. */
   readonly #held = new Map<string, number>();
-  readonly #refresher: Timer;
-  readonly #clockSync: Timer;
+  #refresher: Timer | undefined;
+  #clockSync: Timer | undefined;
   readonly #batcher: IncrementBatcher;
   /** This store's ring of batch records in Redis. */
   readonly #ring = BATCHES_PREFIX + crypto.randomUUID();
@@ -588,8 +588,8 @@ export class RedisSessionStore implements SessionStore {
   #offsets: Array<{ offset: number; at: number }> = [];
 
   /**
-   * Creates the client and starts connecting in the background; the store
-   * answers (and readiness passes) once Redis does.
+   * Creates the client; {@link start} connects in the background, and the
+   * store answers (and readiness passes) once Redis does.
    *
    * @param url `redis://` or `rediss://` URL (user, password and db in the URL).
    * @param ttlS Session lifetime after its last activity, in seconds.
@@ -665,6 +665,14 @@ export class RedisSessionStore implements SessionStore {
       if (this.#up) return; // "close" follows and logs the outage
       this.#log.debug("Redis connection error: {error}", { error });
     });
+  }
+
+  /**
+   * Connects in the background and starts the refresh, clock and recovery
+   * loops; a second call does nothing.
+   */
+  start(): void {
+    if (this.#refresher !== undefined || this.#closed) return;
     this.#redis.connect().catch(() => {
       // The recovery loop waits for "ready"; ioredis keeps retrying.
     });
