@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { setTimeout as delay } from "node:timers/promises";
 import { type Lifecycle, roundSeconds } from "./lifecycle.ts";
 import { logger } from "./observability/logging.ts";
 import type { Metrics } from "./observability/metrics.ts";
@@ -65,7 +66,9 @@ export async function runDrain(
   });
 
   if (settings.drainDelayS > 0) {
-    await abortableDelay(settings.drainDelayS * 1000, hurry);
+    // A second signal cuts it short: the rejection is that, not an error.
+    await delay(settings.drainDelayS * 1000, undefined, { signal: hurry })
+      .catch(() => {});
   }
   lifecycle.refuseUpgrades();
   const result = await hub.closeAll(deadline);
@@ -96,17 +99,4 @@ export async function runDrain(
     forced: result.forced,
   });
   return { ...result, shutdownSeconds, overran };
-}
-
-function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-  });
 }
