@@ -163,14 +163,17 @@ export class Connection {
     this.session = session;
     this.info = info;
     this.#owner = owner;
-    const span = this.#span = startConnectionSpan(deps.tracing, {
-      "session.id": session.id,
-      "sockeye.session.resumed": session.resumed,
-      "sockeye.connection.id": this.id,
-      "client.address": info.remoteAddr,
-      "user_agent.original": info.userAgent,
-      ...(info.userId !== undefined && { "enduser.id": info.userId }),
-    });
+    // Tracing off (the default): no attributes to build.
+    const span = this.#span = deps.tracing.enabled
+      ? startConnectionSpan(deps.tracing, {
+        "session.id": session.id,
+        "sockeye.session.resumed": session.resumed,
+        "sockeye.connection.id": this.id,
+        "client.address": info.remoteAddr,
+        "user_agent.original": info.userAgent,
+        ...(info.userId !== undefined && { "enduser.id": info.userId }),
+      })
+      : undefined;
     this.#log = deps.log.with({
       connection_id: this.id,
       session_uuid: session.id,
