@@ -360,14 +360,7 @@ function websocketRoutes(app: Hono<Env>, deps: AppDeps): void {
       userId: admitted.userId,
       onClose: admitted.release,
     });
-    const { tokenExpired } = REFUSALS;
-    admitted.watch(() =>
-      conn.reject(
-        tokenExpired.code,
-        tokenExpired.errorType,
-        tokenExpired.reason,
-      )
-    );
+    admitted.watch(() => conn.reject(REFUSALS.tokenExpired));
     return upgraded.response;
   };
   app.get("/ws/chat/", upgrade);

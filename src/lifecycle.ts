@@ -121,3 +121,13 @@ export class Lifecycle {
     this.#acceptingUpgrades = false;
   }
 }
+
+/**
+ * Rounds seconds to microseconds, for log lines.
+ *
+ * @param seconds A duration in seconds.
+ * @returns The same, rounded to 6 decimals.
+ */
+export function roundSeconds(seconds: number): number {
+  return Math.round(seconds * 1e6) / 1e6;
+}

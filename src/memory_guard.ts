@@ -119,4 +119,9 @@ export class MemoryGuard {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
   }
+
+  /** Stops the timer, as {@link stop} does. */
+  [Symbol.dispose](): void {
+    this.stop();
+  }
 }

@@ -17,7 +17,8 @@ import { AdminEvents } from "./admin/events.ts";
 import { LogLevelControl } from "./admin/log_level.ts";
 import { Profiler } from "./admin/profiler.ts";
 import { PyroscopePusher } from "./admin/pyroscope.ts";
-import { Lifecycle } from "./lifecycle.ts";
+import { runDrain, type ShutdownReport } from "./drain.ts";
+import { Lifecycle, roundSeconds } from "./lifecycle.ts";
 import { MemoryGuard } from "./memory_guard.ts";
 import { AUDIT, logger } from "./observability/logging.ts";
 import { Metrics } from "./observability/metrics.ts";
@@ -31,18 +32,16 @@ import {
 } from "./platform.ts";
 import { isLoopback, type Settings } from "./settings.ts";
 import { VERSION } from "./version.ts";
-import { type DrainResult, Hub } from "./sessions/hub.ts";
+import { Hub } from "./sessions/hub.ts";
+import {
+  connectionLimit,
+  type MemoryLimit,
+  memoryLimit,
+  sessionLimit,
+} from "./limits.ts";
 import { MemorySessionStore } from "./sessions/memory_store.ts";
 import { RedisSessionStore, type RedisTarget } from "./sessions/redis_store.ts";
 import type { SessionStore } from "./sessions/store.ts";
-
-/** What a finished drain reports. */
-export interface ShutdownReport extends DrainResult {
-  /** Seconds from drain start to all sockets closed or forced. */
-  readonly shutdownSeconds: number;
-  /** Whether the drain overran `SHUTDOWN_TIMEOUT_S`. */
-  readonly overran: boolean;
-}
 
 /** A started sockeye server. */
 export interface Server {
@@ -68,114 +67,6 @@ export interface Server {
    * and close handshakes still run to the deadline.
    */
   hurry(): void;
-}
-
-/**
- * Descriptors kept back from the derived `MAX_CONNECTIONS` for Redis, OTLP,
- * logs, the runtime's own and in-flight HTTP requests: at least this many…
- */
-export const FD_RESERVE_MIN = 64;
-/** …or this share of the open-file limit, whichever is larger. */
-export const FD_RESERVE_RATIO = 0.05;
-
-/** The effective `MAX_CONNECTIONS` and where it came from. */
-export interface ConnectionLimit {
-  /** Most sockets open at once; 0 means unlimited. */
-  readonly maxConnections: number;
-  /**
-   * `MAX_CONNECTIONS` (set explicitly), `open_file_limit` (derived from it)
-   * or `unknown` (no setting, no readable limit: unlimited).
-   */
-  readonly source: "MAX_CONNECTIONS" | "open_file_limit" | "unknown";
-}
-
-/**
- * Works out `MAX_CONNECTIONS`: the setting when given (0 = unlimited), else
- * the open-file soft limit less a reserve of `max(64, ceil(5 % of it))`,
- * at least 1, so a full server answers 503 `max_connections` before its
- * accept loop runs out of descriptors.
- *
- * @param setting `MAX_CONNECTIONS`, `undefined` when unset.
- * @param fdLimit The open-file soft limit, `undefined` when unknown.
- * @returns The effective limit and its source.
- *
- * @example
- * ```ts
- * connectionLimit(undefined, 20000); // { maxConnections: 19000, source: "open_file_limit" }
- * connectionLimit(undefined, 1024); // { maxConnections: 960, source: "open_file_limit" }
- * ```
- */
-export function connectionLimit(
-  setting: number | undefined,
-  fdLimit: number | undefined,
-): ConnectionLimit {
-  if (setting !== undefined) {
-    return { maxConnections: setting, source: "MAX_CONNECTIONS" };
-  }
-  if (fdLimit === undefined) return { maxConnections: 0, source: "unknown" };
-  const reserve = Math.max(
-    FD_RESERVE_MIN,
-    Math.ceil(fdLimit * FD_RESERVE_RATIO),
-  );
-  return {
-    maxConnections: Math.max(1, fdLimit - reserve),
-    source: "open_file_limit",
-  };
-}
-
-/** The memory limit the guard works from, and where it came from. */
-export interface MemoryLimit {
-  /** Bytes. */
-  readonly bytes: number;
-  /** `MEMORY_LIMIT_BYTES` or `cgroup`. */
-  readonly source: "MEMORY_LIMIT_BYTES" | "cgroup";
-}
-
-/**
- * Picks the memory guard's limit: `MEMORY_LIMIT_BYTES` when set (0 turns the
- * guard off), else the control group's limit.
- *
- * @param setting `MEMORY_LIMIT_BYTES`, `undefined` when unset.
- * @param cgroup The cgroup limit in bytes, `undefined` when none.
- * @returns The limit, or `undefined` when the guard is off.
- */
-export function memoryLimit(
-  setting: number | undefined,
-  cgroup: number | undefined,
-): MemoryLimit | undefined {
-  if (setting !== undefined) {
-    return setting > 0
-      ? { bytes: setting, source: "MEMORY_LIMIT_BYTES" }
-      : undefined;
-  }
-  return cgroup === undefined ? undefined : { bytes: cgroup, source: "cgroup" };
-}
-
-/** Bytes of resident memory one idle session record costs (measured). */
-export const SESSION_RECORD_BYTES = 300;
-
-/**
- * Works out `MAX_SESSIONS`: the setting when given, else a tenth of the
- * memory limit at {@link SESSION_RECORD_BYTES} each, between 10,000 and
- * 1,000,000; 250,000 (about 75 MB) when no limit is known.
- *
- * @param setting `MAX_SESSIONS`, `undefined` when unset.
- * @param memoryBytes The memory limit in bytes, `undefined` when none.
- * @returns Most sessions the memory store keeps.
- *
- * @example
- * ```ts
- * sessionLimit(undefined, 512 * 2 ** 20); // 178956
- * ```
- */
-export function sessionLimit(
-  setting: number | undefined,
-  memoryBytes: number | undefined,
-): number {
-  if (setting !== undefined) return setting;
-  if (memoryBytes === undefined) return 250_000;
-  const derived = Math.floor(memoryBytes / 10 / SESSION_RECORD_BYTES);
-  return Math.min(1_000_000, Math.max(10_000, derived));
 }
 
 /**
@@ -274,6 +165,12 @@ export async function startServer(settings: Settings): Promise<Server> {
     enabled: settings.otelEnabled,
     frameRatio: settings.traceFrameRatio,
   };
+  // Each part goes on the stack as it starts; disposing the stack stops them
+  // in reverse. A failed start unwinds here (`await using`); a started server
+  // moves the stack to its drain, which ends with it. Registered so that the
+  // drain stops profiles, the public listener, the store, the admin listener
+  // (last: Prometheus scrapes the drain to its end), then the metrics.
+  await using stack = new AsyncDisposableStack();
   const metrics: Metrics = new Metrics(settings.color, {
     activeConnections: (): number => hub.size,
     ready: (): boolean =>
@@ -282,7 +179,8 @@ export async function startServer(settings: Settings): Promise<Server> {
     drainingSeconds: (): number | undefined =>
       lifecycle.state === "draining" ? lifecycle.drainSeconds : undefined,
   });
-  metrics.start();
+  stack.use(metrics).start();
+  const last = stack.use(new AsyncDisposableStack());
   const hub: Hub = new Hub(
     {
       heartbeatIntervalS: settings.heartbeatIntervalS,
@@ -292,16 +190,20 @@ export async function startServer(settings: Settings): Promise<Server> {
     metrics,
     logger("ws"),
   );
+  stack.use(hub).start();
   const fdLimit = maxFds();
   const connections = connectionLimit(settings.maxConnections, fdLimit);
   const memory = memoryLimit(settings.memoryLimitBytes, cgroupMemoryLimit());
-  const guard = memory && startMemoryGuard(memory, settings, lifecycle, hub);
+  const guard = memory && memoryGuard(memory, settings, lifecycle, hub);
+  if (guard) stack.use(guard).start();
   metrics.memoryLimit.set(memory?.bytes ?? 0);
   const store = createStore(
     settings,
     metrics,
     sessionLimit(settings.maxSessions, memory?.bytes),
   );
+  stack.defer(() => store.close());
+  store.start();
   const limits: ProcessLimits = {
     maxConnections: connections.maxConnections,
     maxFds: fdLimit,
@@ -326,42 +228,39 @@ export async function startServer(settings: Settings): Promise<Server> {
   const adminApp = routes.admin && createApp(deps, routes.admin);
   const ctx = { log, metrics, lifecycle, hub, fdLimit };
 
-  let http: HttpServer | undefined;
+  const http: HttpServer = serve({
+    hostname: settings.host,
+    port: settings.port,
+    events: listenerEvents(ctx, "main", () => http),
+  }, (req, info) => app.fetch(req, info));
+  // Closes what is left (1001) and waits for in-flight HTTP requests.
+  stack.defer(() => http.shutdown());
   let adminHttp: HttpServer | undefined;
-  let pusher: PyroscopePusher | undefined;
-  try {
-    http = serve({
-      hostname: settings.host,
-      port: settings.port,
-      events: listenerEvents(ctx, "main", () => http!),
-    }, (req, info) => app.fetch(req, info));
-    if (adminApp) {
-      adminHttp = serve({
-        hostname: settings.adminHost,
-        port: settings.adminPort!,
-        events: listenerEvents(ctx, "admin", () => adminHttp!),
-      }, (req, info) => adminApp.fetch(req, info));
-    }
-    if (settings.pyroscopeUrl !== undefined) {
-      pusher = new PyroscopePusher({
-        url: settings.pyroscopeUrl,
-        intervalS: settings.profileIntervalS,
-        labels: { color: settings.color, version: VERSION },
-        registry: metrics.registry,
-        log: logger("profiling"),
-      });
-      await pusher.start();
-    }
-  } catch (error) {
-    pusher?.stop();
-    await http?.shutdown();
-    await adminHttp?.shutdown();
-    guard?.stop();
-    hub.stopHeartbeat();
-    metrics[Symbol.dispose]();
-    await store.close();
-    throw error;
+  if (adminApp) {
+    const listener: HttpServer = adminHttp = serve({
+      hostname: settings.adminHost,
+      port: settings.adminPort!,
+      events: listenerEvents(ctx, "admin", () => listener),
+    }, (req, info) => adminApp.fetch(req, info));
+    last.defer(() => listener.shutdown());
   }
+  stack.defer(() => admin.logLevel.close());
+  let pusher: PyroscopePusher | undefined;
+  if (settings.pyroscopeUrl !== undefined) {
+    const started = pusher = new PyroscopePusher({
+      url: settings.pyroscopeUrl,
+      intervalS: settings.profileIntervalS,
+      labels: { color: settings.color, version: VERSION },
+      registry: metrics.registry,
+      log: logger("profiling"),
+    });
+    stack.defer(() => started.stop());
+    await started.start();
+  }
+  // The operator page's event streams end, so none holds a listener open.
+  stack.defer(() => admin.events?.close());
+  // A profile in progress ends first, so no request holds a listener open.
+  stack.defer(() => admin.profiler.close());
   metrics.listenerUp.set(1);
 
   // The startup span covers process start (the time origin) to ready.
@@ -373,8 +272,8 @@ export async function startServer(settings: Settings): Promise<Server> {
       "sockeye.store": store.kind,
     });
     log.info("sockeye ready on {host}:{port}", {
-      host: http!.hostname,
-      port: http!.port,
+      host: http.hostname,
+      port: http.port,
       admin_host: adminHttp?.hostname,
       admin_port: adminHttp?.port,
       admin_api: adminHttp
@@ -383,7 +282,7 @@ export async function startServer(settings: Settings): Promise<Server> {
         ? "main_port"
         : "off",
       pyroscope: pusher !== undefined,
-      startup_seconds: round6(startupSeconds),
+      startup_seconds: roundSeconds(startupSeconds),
       store: store.kind,
       max_connections: connections.maxConnections,
       max_connections_source: connections.source,
@@ -395,6 +294,7 @@ export async function startServer(settings: Settings): Promise<Server> {
     return Promise.resolve();
   }, performance.timeOrigin);
 
+  const resources = stack.move();
   let drained: Promise<ShutdownReport> | undefined;
   const hurry = new AbortController();
   const drain = (reason: string) =>
@@ -404,11 +304,7 @@ export async function startServer(settings: Settings): Promise<Server> {
         lifecycle,
         metrics,
         hub,
-        store,
-        http: http!,
-        adminHttp,
-        admin: { ...admin, pusher },
-        guard,
+        resources,
         hurry: hurry.signal,
       });
       span?.setAttributes({
@@ -430,82 +326,6 @@ export async function startServer(settings: Settings): Promise<Server> {
     drain,
     hurry: () => hurry.abort(),
   };
-}
-
-/**
- * The drain: readiness 503 → drain delay → refuse upgrades → bye + 1001 to
- * every socket → wait for close handshakes → force the rest → stop.
- *
- * A second signal (`hurry`) cuts only the drain delay: cutting the handshake
- * wait would end sockets whose close frame is still in flight.
- */
-async function runDrain(reason: string, ctx: {
-  settings: Settings;
-  lifecycle: Lifecycle;
-  metrics: Metrics;
-  hub: Hub;
-  store: SessionStore;
-  http: HttpServer;
-  adminHttp: HttpServer | undefined;
-  admin: AdminDeps & { pusher: PyroscopePusher | undefined };
-  guard: MemoryGuard | undefined;
-  hurry: AbortSignal;
-}): Promise<ShutdownReport> {
-  const { settings, lifecycle, metrics, hub, store, http, guard, hurry } = ctx;
-  const log = logger("server");
-  const start = performance.now();
-  const budgetMs = settings.shutdownTimeoutS * 1000;
-  // Keep a tenth of the budget (at most 1 s) for forcing, flushing and exit.
-  const deadline = start + budgetMs - Math.min(1000, budgetMs / 10);
-  lifecycle.drain();
-  log.info("Drain started by {reason}", {
-    reason,
-    active_connections: hub.size,
-    drain_delay_s: settings.drainDelayS,
-    shutdown_timeout_s: settings.shutdownTimeoutS,
-  });
-
-  if (settings.drainDelayS > 0) {
-    await abortableDelay(settings.drainDelayS * 1000, hurry);
-  }
-  lifecycle.refuseUpgrades();
-  const result = await hub.closeAll(deadline);
-  const shutdownSeconds = (performance.now() - start) / 1000;
-  metrics.shutdownTime.set(shutdownSeconds);
-  // Every socket is closed or forced: the drain's time is final from here.
-  lifecycle.stop();
-  if (result.forced > 0) {
-    log.warning("Drain deadline reached: forcing {forced} sockets closed", {
-      forced: result.forced,
-    });
-  }
-  if (result.dropped > 0) {
-    log.warning(
-      "Drain: {dropped} sockets ended without the client's close frame",
-      { dropped: result.dropped },
-    );
-  }
-  // A profile in progress ends now, so no request holds a listener open.
-  ctx.admin.profiler.close();
-  // The operator page's event streams end, so none holds a listener open.
-  ctx.admin.events?.close();
-  ctx.admin.pusher?.stop();
-  ctx.admin.logLevel.close();
-  // Closes what is left (1001) and waits for in-flight HTTP requests.
-  await http.shutdown();
-  await store.close();
-  guard?.stop();
-  // The admin port goes last: Prometheus can scrape the drain to its end.
-  await ctx.adminHttp?.shutdown();
-  metrics[Symbol.dispose]();
-  const overran = shutdownSeconds > settings.shutdownTimeoutS;
-  log.info("Drain complete", {
-    shutdown_seconds: round6(shutdownSeconds),
-    closed: result.closed,
-    dropped: result.dropped,
-    forced: result.forced,
-  });
-  return { ...result, shutdownSeconds, overran };
 }
 
 /** Which route groups each listener serves. */
@@ -590,7 +410,7 @@ function listenerEvents(
         host: server().hostname,
         port: server().port,
         listener,
-        down_seconds: round6(downSeconds),
+        down_seconds: roundSeconds(downSeconds),
         failures,
         active_connections: hub.size,
       });
@@ -599,11 +419,11 @@ function listenerEvents(
 }
 
 /**
- * Starts the memory guard: above the threshold, readiness fails (check
+ * Makes the memory guard (its `start()` starts it): above the threshold, readiness fails (check
  * `process_memory`) and upgrades get 503 `memory_pressure`; one warning line
  * when that starts, one info line when it ends.
  */
-function startMemoryGuard(
+function memoryGuard(
   memory: MemoryLimit,
   settings: Settings,
   lifecycle: Lifecycle,
@@ -644,29 +464,10 @@ function startMemoryGuard(
       lifecycle.fail("process_memory", detail(rss));
     },
   });
-  guard.start();
   return guard;
 }
 
 /** Bytes as MiB with one decimal, for messages. */
 function mib(bytes: number): number {
   return Math.round(bytes / 104857.6) / 10;
-}
-
-function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-  });
-}
-
-/** Rounds seconds to microseconds for log lines. */
-function round6(seconds: number): number {
-  return Math.round(seconds * 1e6) / 1e6;
 }

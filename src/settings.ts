@@ -244,7 +244,7 @@ export const SETTINGS = {
   }),
   /**
    * Most sockets open at once; 0 means unlimited; unset derives it at start
-   * from the open-file limit (`connectionLimit` in server.ts).
+   * from the open-file limit (`connectionLimit` in limits.ts).
    */
   maxConnections: setting({
     env: "MAX_CONNECTIONS",
@@ -255,7 +255,7 @@ export const SETTINGS = {
   }),
   /**
    * Most sessions the memory store keeps, held and released; unset derives
-   * it at start from the memory limit (`sessionLimit` in server.ts).
+   * it at start from the memory limit (`sessionLimit` in limits.ts).
    */
   maxSessions: setting({
     env: "MAX_SESSIONS",

@@ -92,7 +92,7 @@ Deno.test("/readyz is 503 starting before ready, /healthz already 200", async ()
     assert.equal((await draining.json()).status, "draining");
     assert.equal((await app.request("/healthz")).status, 200);
   } finally {
-    hub.stopHeartbeat();
+    hub[Symbol.dispose]();
     metrics[Symbol.dispose]();
     await store.close();
   }

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { MemoryGuard } from "../src/memory_guard.ts";
-import { connectionLimit, memoryLimit } from "../src/server.ts";
+import { connectionLimit, memoryLimit } from "../src/limits.ts";
 import { parseSettings, SettingsError } from "../src/settings.ts";
 import {
   metricValue,

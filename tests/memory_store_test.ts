@@ -4,7 +4,7 @@
  * sessions refuses new ones, and every eviction is counted.
  */
 import assert from "node:assert/strict";
-import { sessionLimit } from "../src/server.ts";
+import { sessionLimit } from "../src/limits.ts";
 import { parseSettings, SettingsError } from "../src/settings.ts";
 import {
   metricValue,

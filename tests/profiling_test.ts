@@ -103,7 +103,7 @@ Deno.test("a CPU profile taken under load decodes as pprof, has samples and name
     assert.ok(samples > 50, `${samples} samples`);
     const ours = functions.filter((f) => f.file.includes("/src/"));
     assert.ok(
-      ours.some((f) => f.file.endsWith("/src/sessions/session.ts")),
+      ours.some((f) => f.file.endsWith("/src/sessions/connection.ts")),
       `functions from src/: ${JSON.stringify(ours.slice(0, 20))}`,
     );
     // Every sample's stack points at known locations.

@@ -75,6 +75,7 @@ Deno.test("Cluster: a turn's frames for sessions in many slots go as one script 
     { onAvailability() {} },
     { waitReplicas: 1 },
   );
+  store.start();
   const handles: SessionHandle[] = [];
   try {
     await until(() => store.available, "the store available");

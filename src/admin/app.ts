@@ -22,7 +22,7 @@ import {
 import { SESSION_ID_RE } from "../sessions/admission.ts";
 import type { Hub } from "../sessions/hub.ts";
 import { REFUSALS } from "../sessions/refusals.ts";
-import type { Connection } from "../sessions/session.ts";
+import type { Connection } from "../sessions/connection.ts";
 import { type SessionStore, StoreUnavailableError } from "../sessions/store.ts";
 import type { LogLevelControl, Requester } from "./log_level.ts";
 import type { Profile } from "pprof-format";

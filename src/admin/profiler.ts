@@ -19,7 +19,7 @@ export interface CallFrame {
   readonly functionName: string;
   /** V8's script id. */
   readonly scriptId: string;
-  /** Script URL, e.g. `file:///app/src/sessions/session.ts`. */
+  /** Script URL, e.g. `file:///app/src/sessions/connection.ts`. */
   readonly url: string;
   /** 0-based line of the function; -1 when unknown. */
   readonly lineNumber: number;

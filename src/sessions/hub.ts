@@ -9,26 +9,19 @@
 import type { Logger } from "@logtape/logtape";
 import type { Metrics } from "../observability/metrics.ts";
 import type { TracingOptions } from "../observability/tracing.ts";
-import { byeFrame, heartbeatFrame } from "./frames.ts";
+import { heartbeatFrame } from "./frames.ts";
 import {
-  CloseCode,
   Connection,
+  type ConnectionDeps,
   type ConnectionInfo,
   type ConnectionOwner,
-  type FrameLimits,
-} from "./session.ts";
+} from "./connection.ts";
+import type { FrameLimits } from "./frame_limits.ts";
 import type { CloseRefusal } from "./refusals.ts";
 import type { SessionHandle } from "./store.ts";
 
 /** How often the drain looks for sockets whose client stopped sending, in ms. */
 const QUIET_POLL_MS = 50;
-
-/**
- * How long no frame may arrive on a socket after its bye before the drain
- * closes it, in ms: longer than a round trip plus a busy client's pause, so
- * the frames a client sent before it read the bye have all arrived.
- */
-const QUIET_MS = 500;
 
 /**
  * Longest the drain waits for a client to stop sending after its bye before
@@ -67,14 +60,13 @@ export interface DrainResult {
 export class Hub implements ConnectionOwner {
   readonly #connections = new Set<Connection>();
   readonly #metrics: Metrics;
-  readonly #log: Logger;
-  readonly #limits: FrameLimits;
-  readonly #tracing: TracingOptions;
+  readonly #deps: ConnectionDeps;
+  readonly #heartbeatMs: number;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   #emptied: PromiseWithResolvers<void> | undefined;
 
   /**
-   * Creates the hub and starts the heartbeat timer.
+   * Creates the hub; {@link start} starts its heartbeat.
    *
    * @param options Heartbeat interval and frame limits.
    * @param metrics Where connection figures go.
@@ -82,13 +74,24 @@ export class Hub implements ConnectionOwner {
    */
   constructor(options: HubOptions, metrics: Metrics, log: Logger) {
     this.#metrics = metrics;
-    this.#log = log;
-    this.#limits = options.limits;
-    this.#tracing = options.tracing;
-    this.#heartbeat = setInterval(
-      () => this.#beat(),
-      options.heartbeatIntervalS * 1000,
-    );
+    this.#deps = {
+      metrics,
+      limits: options.limits,
+      log,
+      tracing: options.tracing,
+    };
+    this.#heartbeatMs = options.heartbeatIntervalS * 1000;
+  }
+
+  /** Starts the heartbeat timer; a second call does nothing. */
+  start(): void {
+    this.#heartbeat ??= setInterval(() => this.#beat(), this.#heartbeatMs);
+  }
+
+  /** Stops the heartbeat timer (the drain stops it first). */
+  [Symbol.dispose](): void {
+    clearInterval(this.#heartbeat);
+    this.#heartbeat = undefined;
   }
 
   /** Sockets open or opening now. */
@@ -109,12 +112,7 @@ export class Hub implements ConnectionOwner {
     session: SessionHandle,
     info: ConnectionInfo,
   ): Connection {
-    const conn = new Connection(socket, session, this, {
-      metrics: this.#metrics,
-      limits: this.#limits,
-      log: this.#log,
-      tracing: this.#tracing,
-    }, info);
+    const conn = new Connection(socket, session, this, this.#deps, info);
     this.#connections.add(conn);
     this.#metrics.connectionsTotal.inc();
     if (session.resumed) this.#metrics.resumes.inc();
@@ -146,9 +144,7 @@ export class Hub implements ConnectionOwner {
   ): Connection[] {
     const hit: Connection[] = [];
     for (const conn of this.#connections) {
-      if (conn.closing || !match(conn)) continue;
-      conn.reject(refusal.code, refusal.errorType, refusal.reason);
-      hit.push(conn);
+      if (match(conn) && conn.reject(refusal)) hit.push(conn);
     }
     return hit;
   }
@@ -167,13 +163,7 @@ export class Hub implements ConnectionOwner {
     const frame = heartbeatFrame(new Date());
     let sent = 0;
     for (const conn of this.#connections) {
-      if (conn.closing || !conn.open) continue;
-      if (conn.socket.bufferedAmount > this.#limits.maxBufferedBytes) {
-        conn.rejectSlowConsumer();
-        continue;
-      }
-      conn.socket.send(frame);
-      sent++;
+      if (conn.heartbeat(frame)) sent++;
     }
     this.#metrics.frames.heartbeat += sent;
   }
@@ -197,12 +187,12 @@ export class Hub implements ConnectionOwner {
    * @returns How many closed cleanly, were dropped, or were still open.
    */
   async closeAll(deadline: number): Promise<DrainResult> {
-    this.stopHeartbeat();
+    this[Symbol.dispose]();
     const conns = [...this.#connections];
     if (conns.length === 0) return { closed: 0, dropped: 0, forced: 0 };
     this.#emptied = Promise.withResolvers();
     await withDeadline(
-      Promise.all(conns.map((conn) => this.#sayGoodbye(conn))),
+      Promise.all(conns.map((conn) => conn.sayGoodbye())),
       deadline,
     );
     const now = performance.now();
@@ -219,31 +209,16 @@ export class Hub implements ConnectionOwner {
     return { closed, dropped, forced: conns.length - closed - dropped };
   }
 
-  async #sayGoodbye(conn: Connection): Promise<void> {
-    if (!conn.open || conn.closing) return;
-    // Stop counting first, so the total read next is the final one.
-    conn.closing = true;
-    try {
-      conn.socket.send(byeFrame(await conn.session.total()));
-    } catch (error) {
-      conn.log.warning("Cannot send bye frame: {error}", { error });
-    }
-  }
-
   /**
-   * Closes each socket with 1001 once no frame has arrived on it for
-   * `QUIET_MS`, and every socket at `lingerEnd`.
+   * Closes each socket with 1001 once its client has stopped sending, and
+   * every socket at `lingerEnd`: one timer polls them all.
    */
   async #closeWhenQuiet(
     conns: readonly Connection[],
     lingerEnd: number,
   ): Promise<void> {
+    let pending = conns;
     let now = performance.now();
-    let pending = conns.map((conn) => ({
-      conn,
-      seen: conn.ignored,
-      since: now,
-    }));
     while (pending.length > 0) {
       const polled = now;
       await new Promise((resolve) => setTimeout(resolve, QUIET_POLL_MS));
@@ -252,23 +227,8 @@ export class Hub implements ConnectionOwner {
       // have been read yet: a late poll proves no quiet.
       const late = now - polled > 2 * QUIET_POLL_MS;
       const last = now >= lingerEnd;
-      pending = pending.filter((p) => {
-        if (!this.#connections.has(p.conn)) return false;
-        if (late || p.conn.ignored !== p.seen) {
-          p.seen = p.conn.ignored;
-          p.since = now;
-        }
-        if (!last && now - p.since < QUIET_MS && p.conn.open) return true;
-        p.conn.close(CloseCode.goingAway, "server shutting down");
-        return false;
-      });
+      pending = pending.filter((conn) => conn.closeWhenQuiet(now, late, last));
     }
-  }
-
-  /** Stops the heartbeat timer. */
-  stopHeartbeat(): void {
-    clearInterval(this.#heartbeat);
-    this.#heartbeat = undefined;
   }
 }
 

@@ -120,10 +120,10 @@ export class MemorySessionStore implements SessionStore {
   readonly #ttlMs: number;
   readonly #max: number;
   readonly #counters: SessionCounters;
-  readonly #sweeper: Timer;
+  #sweeper: Timer | undefined;
 
   /**
-   * Creates the store and its expiry sweep.
+   * Creates the store; {@link start} starts its expiry sweep.
    *
    * @param ttlS Session lifetime after its last connection closed, in seconds.
    * @param options The bound and where to count.
@@ -133,6 +133,11 @@ export class MemorySessionStore implements SessionStore {
     this.#max = Math.max(1, options.maxSessions ?? DEFAULT_MAX_SESSIONS);
     this.#counters = options.counters ??
       { stored: 0, evictedCapacity: 0, evictedExpired: 0 };
+  }
+
+  /** Starts the expiry sweep; a second call does nothing. */
+  start(): void {
+    if (this.#sweeper !== undefined) return;
     this.#sweeper = setInterval(
       () => this.#sweep(performance.now()),
       Math.min(this.#ttlMs, 60_000),
@@ -226,6 +231,7 @@ export class MemorySessionStore implements SessionStore {
 
   close(): Promise<void> {
     clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
     return Promise.resolve();
   }
 

@@ -899,8 +899,8 @@ export class RedisSessionStore implements SessionStore {
   readonly #events: RedisStoreEvents;
   /** Session id → connections holding it here; their TTL is refreshed. */
   readonly #held = new Map<string, number>();
-  readonly #refresher: Timer;
-  readonly #clockSync: Timer;
+  #refresher: Timer | undefined;
+  #clockSync: Timer | undefined;
   readonly #batcher: IncrementBatcher;
   /** Every ring this store wrote, deleted at close. */
   readonly #rings = new Set<string>();
@@ -934,8 +934,8 @@ export class RedisSessionStore implements SessionStore {
   #offsets = new Map<string, Array<{ offset: number; at: number }>>();
 
   /**
-   * Creates the client and starts connecting in the background; the store
-   * answers (and readiness passes) once Redis does.
+   * Creates the client; {@link start} connects in the background, and the
+   * store answers (and readiness passes) once Redis does.
    *
    * @param target Where Redis is; a string is a `redis://` or `rediss://`
    *   URL (user, password and db in the URL).
@@ -1031,7 +1031,15 @@ export class RedisSessionStore implements SessionStore {
         error,
       });
     });
-    client.connect().catch(() => {
+  }
+
+  /**
+   * Connects in the background and starts the refresh, clock and recovery
+   * loops; a second call does nothing.
+   */
+  start(): void {
+    if (this.#refresher !== undefined || this.#closed) return;
+    this.#topology.client.connect().catch(() => {
       // The recovery loop waits for "ready"; ioredis keeps retrying.
     });
     // Held sessions must not expire in Redis while their socket is idle.

@@ -31,6 +31,40 @@ export const CloseCode = {
   operatorDisconnect: 4001,
 } as const;
 
+/**
+ * Close codes kept as their own `websocket_disconnects_total{code}` label:
+ * RFC 6455's registered codes and the private-use code this server sends.
+ */
+const LABELLED_CLOSE_CODES: ReadonlySet<number> = new Set([
+  1000,
+  1001,
+  1002,
+  1003,
+  1005,
+  1006,
+  1007,
+  1008,
+  1009,
+  1010,
+  1011,
+  1012,
+  1013,
+  1014,
+  1015,
+  CloseCode.operatorDisconnect,
+]);
+
+/**
+ * The `code` label of `websocket_disconnects_total` for a close code, bounded:
+ * any code not registered by RFC 6455 nor sent by this server is `other`.
+ *
+ * @param code The close code sent or received (1006 for none).
+ * @returns The code as a string, or `other`.
+ */
+export function closeCodeLabel(code: number): string {
+  return LABELLED_CLOSE_CODES.has(code) ? String(code) : "other";
+}
+
 /** A cause answered by closing an open socket. */
 export interface CloseRefusal {
   /** How the cause is answered. */

@@ -73,6 +73,11 @@ export interface SessionStore {
    * @throws {StoreUnavailableError} Naming what failed.
    */
   check(): Promise<void>;
+  /**
+   * Starts the store's timers and connections (the constructor starts
+   * none); a second call does nothing.
+   */
+  start(): void;
   /** Releases timers and connections; the store is unusable afterwards. */
   close(): Promise<void>;
 }
