@@ -3,14 +3,7 @@
  * closed-loop or at a fixed rate, checks every reply's count and reports
  * throughput, latency percentiles, connect times and errors by kind.
  *
- * Phases: connect every socket (ramped), then all send together (so all N are
- * held open at once) for `messages` each or for `durationS`, optionally hold,
- * then close with 1000.
- *
- * With `reconnect`, each client owns a session and follows a release: when
- * the server closes its socket, it resumes the session (same `session_uuid`,
- * subprotocol `sockeye.v1`), checks that no count was lost or repeated, and
- * measures the gap its user saw (close → first reply after resuming).
+ * The run is in `loadtest_run.ts`, the report in `loadtest_report.ts`.
  *
  * @module
  */

@@ -1,8 +1,14 @@
 /**
- * The run of `sockeye loadtest`: opens the sockets (ramped, a bounded number
- * of handshakes at once), sends closed-loop or at a fixed rate, checks every
- * reply's count, and with `reconnect` resumes each client's session after the
- * server closes it and checks that no count was lost or repeated.
+ * The run of `sockeye loadtest`.
+ *
+ * Phases: connect every socket (ramped), then all send together (so all N are
+ * held open at once) for `messages` each or for `durationS`, optionally hold,
+ * then close with 1000.
+ *
+ * With `reconnect`, each client owns a session and follows a release: when
+ * the server closes its socket, it resumes the session (same `session_uuid`,
+ * subprotocol `sockeye.v1`), checks that no count was lost or repeated, and
+ * measures the gap its user saw (close → first reply after resuming).
  *
  * @module
  */
