@@ -47,22 +47,9 @@
  *    deadline (so it can no longer run): recorded means counted (orphans),
  *    missing means not.
  *
- * Orphans are withdrawn before the store reports itself available again: a
- * script decrements a session whose count is still the orphan's number (so
- * nothing was counted after it and no acknowledged number is reused) and
- * whose batch record is still in the ring (so the count is in the data Redis
- * holds now, not lost with a master that failed over), highest first, under
- * its own deadline, and deletes the record in the same script, so a
- * withdrawal whose fate is unknown is simply sent again. Until then the
- * store stays unavailable and sends nothing, so this instance counts nothing
- * in between. An orphan that cannot be withdrawn (another instance counted
- * the session in between, or it is older than `SESSION_TTL_S` so the key may
- * have been recreated) stays counted: a gap of one in that session, never a
- * repeat, logged as a warning. One more edge: a client that
- * attaches to the same session on another instance between the orphan and
- * its withdrawal is told a count so far that includes the orphan, so its
- * first frame's number equals that count instead of exceeding it; the
- * numbers handed out stay distinct.
+ * Orphans are withdrawn before the store reports itself available again
+ * (`redis_withdrawal.ts`); until then the store stays unavailable and
+ * sends nothing.
  *
  * ## Failover: "acknowledged" stays true
  *
@@ -106,7 +93,6 @@ import {
   StoreUnavailableError,
 } from "./store.ts";
 import {
-  evalScript,
   isNoScript,
   type RedisTarget,
   type Shard,
@@ -128,12 +114,12 @@ import {
   WAIT_TIMEOUT_MS,
 } from "./redis_commands.ts";
 import { NOT_ASKED, SCRIPTS } from "./redis_scripts.ts";
+import { type BatchReply, IncrementBatcher } from "./redis_batcher.ts";
 import {
-  type BatchReply,
-  IncrementBatcher,
-  type Orphan,
-  orphansOf,
-} from "./redis_batcher.ts";
+  lookUpDoubtful,
+  withdraw,
+  type WithdrawalOwner,
+} from "./redis_withdrawal.ts";
 
 export {
   BATCHES_PREFIX,
@@ -230,6 +216,8 @@ export class RedisSessionStore implements SessionStore {
   #refresher: Timer | undefined;
   #clockSync: Timer | undefined;
   readonly #batcher: IncrementBatcher;
+  /** The store as the withdrawal of orphans sees it. */
+  readonly #withdrawal: WithdrawalOwner;
   /** Every ring this store wrote, deleted at close. */
   readonly #rings = new Set<string>();
   readonly #stopping = new AbortController();
@@ -338,10 +326,23 @@ export class RedisSessionStore implements SessionStore {
       stalled: (reason) => this.#markDown(reason),
       orphaned: () => {
         if (!this.#up) return; // the recovery withdraws them
-        this.#detached(() => this.#withdraw()).catch(() => {});
+        this.#detached(() => withdraw(this.#withdrawal)).catch(() => {});
       },
       moved: () => this.#topology.refresh(),
     }, clustered);
+    this.#withdrawal = {
+      topology: this.#topology,
+      batcher: this.#batcher,
+      log: this.#log,
+      ttlMs: this.#ttlMs,
+      waitReplicas: this.#waitReplicas,
+      alone: this.#alone,
+      closed: () => this.#closed,
+      deadline: (sentAt) => this.#deadline(sentAt),
+      timed: (promise, what) => this.#timed(promise, what),
+      failure: (error) => this.#failure(error),
+      pause: (ms) => this.#pause(ms),
+    };
     client.on("ready", () => {
       // Another server may answer now (Sentinel): its clock is measured anew.
       if (!clustered) this.#offsets.clear();
@@ -695,10 +696,10 @@ export class RedisSessionStore implements SessionStore {
           await (clustered ? this.#timed(probe, `TIME at ${shard.id}`) : probe);
         }
         await this.#batcher.settled();
-        await this.#lookUpDoubtful();
+        await lookUpDoubtful(this.#withdrawal);
         // Before the withdrawals, which need the same replicas as batches.
         for (const shard of masters) await this.#probeWrites(shard);
-        await this.#withdraw();
+        await withdraw(this.#withdrawal);
         if (failures !== this.#failures || this.#closed) continue;
         this.#markUp();
       } catch (error) {
@@ -822,162 +823,6 @@ export class RedisSessionStore implements SessionStore {
         resolve();
       }
     });
-  }
-
-  /** Finds out which batches lost with a connection were counted. */
-  async #lookUpDoubtful(): Promise<void> {
-    const byRing = Map.groupBy(this.#batcher.doubtful, (b) => b.shard.ring);
-    for (const [ring, doubtful] of byRing) {
-      const latest = Math.max(...doubtful.map((b) => b.deadline));
-      const fields = doubtful.map((b) => String(b.seq % MAX_IN_FLIGHT));
-      let records: Array<string | null>;
-      while (true) {
-        const reply = await this.#timed(
-          evalScript(this.#topology.client, SCRIPTS.lookup, [
-            1,
-            ring,
-            latest,
-            ...fields,
-          ]) as Promise<Array<string | null> | number>,
-          "a lookup of batch records",
-        );
-        if (!Array.isArray(reply)) {
-          // A batch could still run until Redis's clock passes its deadline.
-          await this.#pause(reply);
-          if (this.#closed) return;
-          continue;
-        }
-        records = reply;
-        break;
-      }
-      const orphans = this.#batcher.orphans;
-      doubtful.forEach((batch, i) => {
-        const record = records[i];
-        const prefix = `${batch.seq}:`;
-        if (typeof record !== "string" || !record.startsWith(prefix)) return;
-        const counts = record.slice(prefix.length).split(",").map(Number);
-        orphansOf(batch, counts, orphans);
-      });
-      this.#batcher.doubtful = this.#batcher.doubtful.filter((b) =>
-        b.shard.ring !== ring
-      );
-    }
-  }
-
-  /**
-   * Takes back the counts of frames answered unavailable. A withdrawal that
-   * fails (its fate unknown, or its replicas short) is sent again by the
-   * next round of the recovery: it withdraws each count at most once.
-   */
-  async #withdraw(): Promise<void> {
-    const orphans = this.#batcher.orphans;
-    if (orphans.length === 0) return;
-    this.#batcher.orphans = [];
-    const now = performance.now();
-    // Past its TTL a key may have expired and been recreated by others.
-    const fresh = orphans.filter((o) =>
-      now - o.sentAt < this.#ttlMs - COMMAND_TIMEOUT_MS
-    );
-    const tally = {
-      withdrawn: 0,
-      kept: orphans.length - fresh.length,
-      gone: 0,
-    };
-    const byRing = [...Map.groupBy(fresh, (o) => o.ring).values()];
-    try {
-      while (byRing.length > 0) {
-        await this.#withdrawFrom(byRing[0]!, tally);
-        byRing.shift();
-      }
-    } finally {
-      for (const group of byRing) this.#batcher.orphans.push(...group);
-      this.#logWithdrawal(tally);
-    }
-  }
-
-  /**
-   * One ring's orphans: one script call on the master holding the ring,
-   * then `WAIT`, so a withdrawal counts only once replicas hold it.
-   */
-  async #withdrawFrom(
-    group: Orphan[],
-    tally: { withdrawn: number; kept: number; gone: number },
-  ): Promise<void> {
-    const ring = group[0]!.ring;
-    const shard = this.#topology.shardOf(this.#topology.slot(ring));
-    if (shard === undefined) {
-      throw new StoreUnavailableError(`No Redis master is known for ${ring}`);
-    }
-    group.sort((a, b) =>
-      a.key < b.key ? -1 : a.key > b.key ? 1 : b.count - a.count
-    );
-    const clustered = this.#topology.clustered;
-    const triples = group.flatMap((o) => [
-      String(o.seq % MAX_IN_FLIGHT),
-      `${o.seq}:`,
-      o.count,
-    ]);
-    const keys = group.map((o) => o.key);
-    const deadline = this.#deadline(performance.now());
-    const args = clustered
-      ? [1, ring, deadline, ...triples, ...keys]
-      : [keys.length + 1, ring, ...keys, deadline, ...triples];
-    let reply: number[] | number;
-    try {
-      reply = await this.#timed(
-        evalScript(
-          shard.conn,
-          clustered ? SCRIPTS.cluster.withdraw : SCRIPTS.server.withdraw,
-          args,
-        ) as Promise<number[] | number>,
-        "a withdrawal",
-      );
-    } catch (error) {
-      throw this.#failure(error);
-    }
-    if (!Array.isArray(reply)) {
-      // Refused, so it did nothing: try again with a fresh deadline.
-      throw new StoreUnavailableError("Redis ran a withdrawal too late");
-    }
-    const needed = this.#waitReplicas;
-    if (needed > 0 && !this.#alone.has(this.#topology.server(shard))) {
-      const acks = await this.#timed(
-        shard.conn.wait(needed, WAIT_TIMEOUT_MS),
-        `WAIT at ${shard.id}`,
-      );
-      if (acks < needed) {
-        throw new ReplicasMissingError(
-          `Only ${acks} of ${needed} replicas of ${shard.id} acknowledged ` +
-            `a withdrawal within ${WAIT_TIMEOUT_MS} ms`,
-        );
-      }
-    }
-    for (const done of reply) {
-      if (done === 1) tally.withdrawn++;
-      else if (done === 2) tally.gone++;
-      else tally.kept++;
-    }
-  }
-
-  #logWithdrawal(
-    { withdrawn, kept, gone }: {
-      withdrawn: number;
-      kept: number;
-      gone: number;
-    },
-  ): void {
-    if (withdrawn > 0 || gone > 0) {
-      this.#log.info(
-        "Withdrew {withdrawn} counts of frames answered unavailable",
-        { withdrawn, not_in_redis: gone },
-      );
-    }
-    if (kept > 0) {
-      this.#log.warning(
-        "{kept} frames answered unavailable stay counted: a gap in their sessions",
-        { kept },
-      );
-    }
   }
 
   #refreshHeld(): void {
