@@ -103,7 +103,6 @@ import {
   COMMAND_TIMEOUT_MS,
   CommandTimeoutError,
   CONNECT_TIMEOUT_MS,
-  DEADLINE_MARGIN_MS,
   isReplicaRefusal,
   isReplyError,
   MAX_IN_FLIGHT,
@@ -120,6 +119,7 @@ import {
   withdraw,
   type WithdrawalOwner,
 } from "./redis_withdrawal.ts";
+import { RedisClock } from "./redis_clock.ts";
 
 export {
   BATCHES_PREFIX,
@@ -246,8 +246,8 @@ export class RedisSessionStore implements SessionStore {
    * promoted in a failover): they count alone until one attaches.
    */
   readonly #alone = new Set<string>();
-  /** Per master: lower bounds of (Redis epoch ms − `performance.now()`), newest last. */
-  #offsets = new Map<string, Array<{ offset: number; at: number }>>();
+  /** Redis's clock offsets per master. */
+  readonly #clock = new RedisClock();
 
   /**
    * Creates the client; {@link start} connects in the background, and the
@@ -322,7 +322,7 @@ export class RedisSessionStore implements SessionStore {
           : [keys.length + 1, shard.ring, ...keys, ...params];
         return this.#runBatch(shard, increment, args);
       },
-      deadline: (sentAt, shard) => this.#deadline(sentAt, shard),
+      deadline: (sentAt, shard) => this.#clock.deadline(sentAt, shard),
       stalled: (reason) => this.#markDown(reason),
       orphaned: () => {
         if (!this.#up) return; // the recovery withdraws them
@@ -338,14 +338,14 @@ export class RedisSessionStore implements SessionStore {
       waitReplicas: this.#waitReplicas,
       alone: this.#alone,
       closed: () => this.#closed,
-      deadline: (sentAt) => this.#deadline(sentAt),
+      deadline: (sentAt) => this.#clock.deadline(sentAt),
       timed: (promise, what) => this.#timed(promise, what),
       failure: (error) => this.#failure(error),
       pause: (ms) => this.#pause(ms),
     };
     client.on("ready", () => {
       // Another server may answer now (Sentinel): its clock is measured anew.
-      if (!clustered) this.#offsets.clear();
+      if (!clustered) this.#clock.clear();
       this.#whenReady?.resolve();
       this.#whenReady = undefined;
     });
@@ -383,7 +383,7 @@ export class RedisSessionStore implements SessionStore {
       this.#topology.masters(false).then((shards) =>
         Promise.all(
           shards.map(async (shard) => {
-            await this.#timed(this.#syncClock(shard), `TIME at ${shard.id}`);
+            await this.#timed(this.#clock.sync(shard), `TIME at ${shard.id}`);
             if (this.#alone.has(this.#topology.server(shard))) {
               await this.#probeWrites(shard);
             }
@@ -578,57 +578,6 @@ export class RedisSessionStore implements SessionStore {
     return translate(error);
   }
 
-  /**
-   * Redis time past which a command sent at `sentAt` must not run.
-   *
-   * @param sentAt `performance.now()` at the send.
-   * @param shard The master it runs on. Without one, or for a master not
-   *   measured yet (just found in a Cluster, measured in the background),
-   *   the lowest offset of any master: the nodes' clocks agree within the
-   *   margin, and a lower offset only makes the deadline earlier.
-   */
-  #deadline(sentAt: number, shard?: Shard): number {
-    const now = performance.now();
-    const best = (samples: Array<{ offset: number; at: number }>) => {
-      let offset = -Infinity;
-      // Each sample is a lower bound; the largest recent one is the tightest.
-      for (const sample of samples) {
-        if (now - sample.at < 6 * CLOCK_SYNC_INTERVAL_MS) {
-          offset = Math.max(offset, sample.offset);
-        }
-      }
-      return offset === -Infinity ? samples.at(-1)?.offset : offset;
-    };
-    const own = this.#offsets.get(shard?.id ?? "");
-    let offset = own === undefined ? undefined : best(own);
-    if (offset === undefined) {
-      for (const samples of this.#offsets.values()) {
-        const o = best(samples);
-        if (o !== undefined) offset = Math.min(offset ?? Infinity, o);
-      }
-      if (shard !== undefined && own === undefined) {
-        this.#offsets.set(shard.id, []);
-        this.#syncClock(shard).catch(() => this.#offsets.delete(shard.id));
-      }
-    }
-    return Math.floor(sentAt + (offset ?? 0)) + COMMAND_TIMEOUT_MS -
-      DEADLINE_MARGIN_MS;
-  }
-
-  /** Reads a master's `TIME`: one more lower bound of its clock offset. */
-  async #syncClock(shard: Shard): Promise<void> {
-    const [seconds, micros] = await shard.conn.time();
-    const at = performance.now();
-    const redisMs = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
-    if (!Number.isFinite(redisMs)) {
-      throw new TypeError(`Cannot read Redis TIME: got ${seconds} ${micros}`);
-    }
-    let samples = this.#offsets.get(shard.id);
-    if (samples === undefined) this.#offsets.set(shard.id, samples = []);
-    samples.push({ offset: redisMs - at, at });
-    if (samples.length > 6) samples.shift();
-  }
-
   #markDown(reason: string): void {
     this.#detached(() => this.#markDownHere(reason));
   }
@@ -692,7 +641,7 @@ export class RedisSessionStore implements SessionStore {
           // One connection: this probe answers once Redis does, and then
           // every batch sent before it has answered too. A Cluster's master
           // that stopped answering is a failover in progress: ask again.
-          const probe = this.#syncClock(shard);
+          const probe = this.#clock.sync(shard);
           await (clustered ? this.#timed(probe, `TIME at ${shard.id}`) : probe);
         }
         await this.#batcher.settled();
