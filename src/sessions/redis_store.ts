@@ -8,7 +8,7 @@
  * event-loop turn go to Redis as one Lua script call per master
  * (`redis_batcher.ts`; the scripts are in `redis_scripts.ts`, the command
  * limits and errors in `redis_commands.ts`, the masters in
- * `redis_topology.ts`).
+ * `redis_topology.ts`, Redis's clock in `redis_clock.ts`).
  *
  * ## "Not counted" stays true
  *
