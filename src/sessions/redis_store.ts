@@ -4,12 +4,11 @@
  *
  * Each text frame is an `INCR` + `PEXPIRE` of its session key, answered
  * only after Redis acknowledged it: two instances never hand out the same
- * number and an acknowledged count is never forgotten. Frames that arrive
- * in the same event-loop turn, from any socket, go to Redis as one Lua
- * script call per master ({@link IncrementBatcher}; one master for a single
- * server or Sentinel, one per Cluster master, see `redis_topology.ts`): one
- * command for many frames keeps the client's per-command cost off each
- * frame. A key that holds no integer fails only its own frame.
+ * number and an acknowledged count is never forgotten. The frames of one
+ * event-loop turn go to Redis as one Lua script call per master
+ * (`redis_batcher.ts`; the scripts are in `redis_scripts.ts`, the command
+ * limits and errors in `redis_commands.ts`, the masters in
+ * `redis_topology.ts`, Redis's clock in `redis_clock.ts`).
  *
  * ## "Not counted" stays true
  *
@@ -36,15 +35,10 @@
  *    their drift between two syncs (NTP slews at most 500 ppm: 5 ms per
  *    10 s); it does not cover Redis's clock being stepped back by more than
  *    that mid-stall, which layer 2 catches. The script is safe under effects
- *    replication (always on since Redis 7; Debian ships 7.0): replicas and
- *    the append-only file receive the resulting `INCR`/`PEXPIREAT`/`HSET`
- *    in one `MULTI`/`EXEC`, never the script or its `TIME`, so a replayed
- *    file or a promoted replica holds exactly what the primary did.
- * 2. **Late replies are read.** The store keeps its own timer per batch
- *    instead of ioredis's `commandTimeout`, so a reply that arrives after the
- *    frames were answered `unavailable` is still seen. If it says "counted"
- *    (the batch ran before its deadline, its reply held up by the stall),
- *    those frames are *orphans*: counted, never acknowledged.
+ *    replication (`redis_scripts.ts`).
+ * 2. **Late replies are read.** The batcher keeps its own timer per batch,
+ *    so a late reply that says "counted" makes those frames *orphans*:
+ *    counted, never acknowledged (`redis_batcher.ts`).
  * 3. **Lost replies are looked up.** Each batch also records its counts in a
  *    small ring (`sockeye:batches:<store id>`, or one per Cluster master,
  *    field `seq mod` {@link MAX_IN_FLIGHT}, value `seq:counts`) in the same
@@ -53,22 +47,9 @@
  *    deadline (so it can no longer run): recorded means counted (orphans),
  *    missing means not.
  *
- * Orphans are withdrawn before the store reports itself available again: a
- * script decrements a session whose count is still the orphan's number (so
- * nothing was counted after it and no acknowledged number is reused) and
- * whose batch record is still in the ring (so the count is in the data Redis
- * holds now, not lost with a master that failed over), highest first, under
- * its own deadline, and deletes the record in the same script, so a
- * withdrawal whose fate is unknown is simply sent again. Until then the
- * store stays unavailable and sends nothing, so this instance counts nothing
- * in between. An orphan that cannot be withdrawn (another instance counted
- * the session in between, or it is older than `SESSION_TTL_S` so the key may
- * have been recreated) stays counted: a gap of one in that session, never a
- * repeat, logged as a warning. One more edge: a client that
- * attaches to the same session on another instance between the orphan and
- * its withdrawal is told a count so far that includes the orphan, so its
- * first frame's number equals that count instead of exceeding it; the
- * numbers handed out stay distinct.
+ * Orphans are withdrawn before the store reports itself available again
+ * (`redis_withdrawal.ts`); until then the store stays unavailable and
+ * sends nothing.
  *
  * ## Failover: "acknowledged" stays true
  *
@@ -112,13 +93,33 @@ import {
   StoreUnavailableError,
 } from "./store.ts";
 import {
-  evalScript,
   isNoScript,
-  luaScript,
   type RedisTarget,
   type Shard,
   Topology,
 } from "./redis_topology.ts";
+import {
+  CLOCK_SYNC_INTERVAL_MS,
+  COMMAND_TIMEOUT_MS,
+  CommandTimeoutError,
+  CONNECT_TIMEOUT_MS,
+  isReplicaRefusal,
+  isReplyError,
+  MAX_IN_FLIGHT,
+  parseCount,
+  ReplicasMissingError,
+  timed,
+  translate,
+  WAIT_TIMEOUT_MS,
+} from "./redis_commands.ts";
+import { NOT_ASKED, SCRIPTS } from "./redis_scripts.ts";
+import { type BatchReply, IncrementBatcher } from "./redis_batcher.ts";
+import {
+  lookUpDoubtful,
+  withdraw,
+  type WithdrawalOwner,
+} from "./redis_withdrawal.ts";
+import { RedisClock } from "./redis_clock.ts";
 
 export {
   BATCHES_PREFIX,
@@ -126,178 +127,15 @@ export {
   OWNER_PREFIX,
   type RedisTarget,
 } from "./redis_topology.ts";
-
-/** Milliseconds a command may take before it fails as unavailable. */
-export const COMMAND_TIMEOUT_MS = 1000;
-
-/** Milliseconds a connection attempt may take. */
-export const CONNECT_TIMEOUT_MS = 2000;
-
-/**
- * Milliseconds, on Redis's clock, between a batch's deadline and the
- * earliest moment its frames can be answered unavailable.
- */
-export const DEADLINE_MARGIN_MS = 50;
-
-/** Milliseconds between measurements of Redis's clock while it answers. */
-export const CLOCK_SYNC_INTERVAL_MS = 10_000;
-
-/**
- * Milliseconds a batch's `WAIT` gives the replicas; well inside
- * {@link COMMAND_TIMEOUT_MS}, so a master whose replicas lag is told apart
- * from a master that stalls.
- */
-export const WAIT_TIMEOUT_MS = 500;
-
-/** Most frames sent to Redis in one script call. */
-export const MAX_BATCH = 512;
-
-/**
- * Most increment batches awaiting Redis at once, and the size of the ring of
- * batch records; further frames wait for a batch to return.
- */
-export const MAX_IN_FLIGHT = 256;
-
-/** What a script answers instead of running past its deadline. */
-const REFUSED = -2;
-
-/** A count for a key its master does not serve (a Cluster slot moved). */
-const NOT_HERE = -3;
-
-/** Replicas acknowledging a batch that did not ask (no `WAIT`). */
-const NOT_ASKED = -1;
-
-// Redis's clock in ms, as Lua sees it. Writes after TIME need effects
-// replication: the default since Redis 5 and the only mode since 7, asked
-// for explicitly where the call still exists (3.2 to 7, a no-op from 7).
-const NOW = `if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)`;
-
-// In a Cluster a script may touch keys beyond its declared ones, in other
-// slots of the same master, only with this flag (Redis 7).
-const CROSS_SLOT = "#!lua flags=allow-cross-slot-keys\n";
-
-/**
- * KEYS[1] is the ring; the session keys are KEYS[2..] (one server), or
- * ARGV[6..] (Cluster: undeclared, in any slot of this master). ARGV: TTL ms,
- * deadline, ring field, record prefix "seq:", ring TTL ms. INCR + PEXPIRE
- * per key; -1 for a key holding no integer, -3 for one this master does not
- * serve; nothing at all past the deadline. An error before the first write
- * (READONLY on a demoted master, OOM) fails the call, so nothing is half
- * done; after it only pcall, so no error can leave a batch half done.
- */
-function incrementManyLua(crossSlot: boolean): string {
-  return `${crossSlot ? CROSS_SLOT : ""}${NOW}
-if now > tonumber(ARGV[2]) then return ${REFUSED} end
-local keys, from = ${crossSlot ? "ARGV, 6" : "KEYS, 2"}
-local out = {}
-local wrote = false
-for i = from, #keys do
-  local n = redis.pcall('INCR', keys[i])
-  if type(n) == 'table' then
-    local e = n.err or ''
-    if string.find(e, 'non local key', 1, true) then
-      out[i - from + 1] = ${NOT_HERE}
-    elseif not wrote and not (string.find(e, 'WRONGTYPE', 1, true)
-        or string.find(e, 'not an integer', 1, true)
-        or string.find(e, 'overflow', 1, true)) then
-      return redis.error_reply(e)
-    else
-      out[i - from + 1] = -1
-    end
-  else
-    wrote = true
-    redis.pcall('PEXPIRE', keys[i], ARGV[1])
-    out[i - from + 1] = n
-  end
-end
-redis.pcall('HSET', KEYS[1], ARGV[3], ARGV[4] .. table.concat(out, ','))
-redis.pcall('PEXPIRE', KEYS[1], ARGV[5])
-return out`;
-}
-
-// KEYS[1] is the ring; ARGV[1] the latest deadline of the batches asked
-// about, ARGV[2..] their fields. Before that deadline has passed a batch
-// could still run, so the answer is how many ms to wait; after, the records.
-const LOOKUP_SCRIPT = `${NOW}
-local deadline = tonumber(ARGV[1])
-if now <= deadline then return deadline - now + 1 end
-return redis.call('HMGET', KEYS[1], unpack(ARGV, 2))`;
-
-/**
- * KEYS[1] is the ring; ARGV[1] the deadline, then per orphan its batch's
- * ring field, record prefix "seq:" and count, highest count first per key;
- * the session keys are KEYS[2..] (one server) or follow in ARGV (Cluster).
- * Decrements a key still at that count whose batch record is still in the
- * ring: the orphan is then its latest number and in the data Redis holds,
- * so no acknowledged number is handed out again. Then deletes those
- * records, so running it twice withdraws once. Answers per orphan 1
- * (withdrawn), 0 (counted since: kept) or 2 (no record: lost with a master
- * that failed over, or withdrawn before, so not counted).
- */
-function withdrawLua(crossSlot: boolean): string {
-  return `${crossSlot ? CROSS_SLOT : ""}${NOW}
-if now > tonumber(ARGV[1]) then return ${REFUSED} end
-local n = ${crossSlot ? "(#ARGV - 1) / 4" : "(#ARGV - 1) / 3"}
-local out = {}
-local done, seen = {}, {}
-for i = 1, n do
-  local key = ${crossSlot ? "ARGV[1 + 3 * n + i]" : "KEYS[i + 1]"}
-  local field, prefix = ARGV[3 * i - 1], ARGV[3 * i]
-  local record = redis.pcall('HGET', KEYS[1], field)
-  if type(record) ~= 'string' or string.sub(record, 1, #prefix) ~= prefix then
-    out[i] = 2
-  else
-    if not seen[field] then
-      seen[field] = true
-      done[#done + 1] = field
-    end
-    if redis.pcall('GET', key) == ARGV[3 * i + 1] then
-      redis.pcall('DECR', key)
-      out[i] = 1
-    else
-      out[i] = 0
-    end
-  end
-end
-if #done > 0 then redis.pcall('HDEL', KEYS[1], unpack(done)) end
-return out`;
-}
-
-// Creates the session at 0 when missing; answers {created, count}.
-// KEYS[1] is the count, KEYS[2] the owner (same hash tag in a Cluster);
-// ARGV: TTL ms, owner ('' without authentication), owner TTL ms. Creates the
-// session at 0 when missing, its owner with it (a stale owner key is
-// dropped); an existing session attaches only for its owner when one is
-// given. Answers {created, count}, or {-1, ''} for another subject's
-// session, changing nothing.
-const ATTACH_SCRIPT = `
-local created = redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1])
-if created then
-  if ARGV[2] == '' then redis.call('DEL', KEYS[2])
-  else redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
-  return {1, '0'}
-end
-if ARGV[2] ~= '' then
-  if redis.call('GET', KEYS[2]) ~= ARGV[2] then return {-1, ''} end
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return {0, redis.call('GET', KEYS[1])}`;
-
-const SCRIPTS = {
-  server: {
-    incrementMany: luaScript(incrementManyLua(false)),
-    withdraw: luaScript(withdrawLua(false)),
-  },
-  cluster: {
-    incrementMany: luaScript(incrementManyLua(true)),
-    withdraw: luaScript(withdrawLua(true)),
-  },
-  lookup: luaScript(LOOKUP_SCRIPT),
-  attach: luaScript(ATTACH_SCRIPT),
-};
+export {
+  CLOCK_SYNC_INTERVAL_MS,
+  COMMAND_TIMEOUT_MS,
+  CONNECT_TIMEOUT_MS,
+  DEADLINE_MARGIN_MS,
+  MAX_BATCH,
+  MAX_IN_FLIGHT,
+  WAIT_TIMEOUT_MS,
+} from "./redis_commands.ts";
 
 /** Events the store reports to the service. */
 export interface RedisStoreEvents {
@@ -315,119 +153,6 @@ export interface RedisStoreOptions {
   readonly waitReplicas?: number;
   /** Extra ioredis options for every connection, e.g. `tls`. */
   readonly ioredis?: RedisOptions;
-}
-
-/** A command got no reply within {@link COMMAND_TIMEOUT_MS}. */
-class CommandTimeoutError extends StoreUnavailableError {
-  constructor(what: string) {
-    super(`Redis did not answer ${what} within ${COMMAND_TIMEOUT_MS} ms`);
-    this.name = "CommandTimeoutError";
-  }
-}
-
-/**
- * A master has fewer replicas acknowledging writes than `waitReplicas`: it
- * lasts until a replica returns or the setting changes, so the recovery
- * says it once as a warning.
- */
-class ReplicasMissingError extends StoreUnavailableError {
-  constructor(message: string) {
-    super(message);
-    this.name = "ReplicasMissingError";
-  }
-}
-
-function isReplyError(error: unknown): boolean {
-  return error instanceof Error && error.name === "ReplyError";
-}
-
-/**
- * What an error reply to a batch means. `moved`: the master does not serve
- * the batch's ring (a Cluster's slot map changed): nothing ran, send the
- * frames again. `unavailable`: a passing state (a master demoted, loading,
- * busy, a Cluster down): nothing ran, answer unavailable and recover.
- * `refused`: Redis will keep refusing (e.g. NOPERM, OOM): passed on as is.
- */
-function replyKind(error: Error): "moved" | "unavailable" | "refused" {
-  const code = error.message.split(" ", 1)[0];
-  switch (code) {
-    case "MOVED":
-    case "ASK":
-    case "TRYAGAIN":
-      return "moved";
-    case "READONLY":
-    case "MASTERDOWN":
-    case "LOADING":
-    case "BUSY":
-    case "CLUSTERDOWN":
-    case "NOREPLICAS":
-      return "unavailable";
-    default:
-      return "refused";
-  }
-}
-
-/** Whether a refusal says the connection reached a replica, not a master. */
-function isReplicaRefusal(error: unknown): boolean {
-  const message = error instanceof Error ? error.message : "";
-  return message.startsWith("READONLY") ||
-    message.startsWith("WAIT cannot be used with replica");
-}
-
-/**
- * Maps an ioredis error to the store's errors.
- *
- * @returns {@link StoreUnavailableError} for connection trouble and timeouts;
- *   Redis's own error replies (`ReplyError`, e.g. WRONGTYPE) pass through as
- *   they are, since retrying cannot fix them.
- */
-function translate(error: unknown): Error {
-  if (error instanceof StoreUnavailableError || isReplyError(error)) {
-    return error as Error;
-  }
-  const message = error instanceof Error ? error.message : String(error);
-  return new StoreUnavailableError(`Redis unavailable: ${message}`, {
-    cause: error,
-  });
-}
-
-/**
- * Rejects with {@link CommandTimeoutError} when `promise` takes too long, or
- * with {@link StoreUnavailableError} once `signal` aborts (the store closed:
- * no timer outlives it).
- */
-function timed<T>(
-  promise: Promise<T>,
-  what: string,
-  signal?: AbortSignal,
-): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new CommandTimeoutError(what)),
-      COMMAND_TIMEOUT_MS,
-    );
-    const abort = () => {
-      clearTimeout(timer);
-      reject(new StoreUnavailableError("Session store closed"));
-    };
-    signal?.addEventListener("abort", abort, { once: true });
-    promise.then(resolve, reject).finally(() => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", abort);
-    });
-  });
-}
-
-function parseCount(reply: unknown, key: string): number {
-  const n = typeof reply === "number" ? reply : Number(reply);
-  if (!Number.isSafeInteger(n) || n < 0) {
-    throw new TypeError(
-      `Cannot read session count at ${key}: expected an integer, got ${
-        JSON.stringify(reply)
-      }`,
-    );
-  }
-  return n;
 }
 
 class RedisHandle implements SessionHandle {
@@ -470,417 +195,6 @@ class RedisHandle implements SessionHandle {
   }
 }
 
-/** One script call's frames, from send to reply (or loss). */
-interface Batch {
-  readonly seq: number;
-  /** The master it went to. */
-  readonly shard: Shard;
-  readonly keys: string[];
-  /** Each key's Cluster slot (0 outside a Cluster), to send it again. */
-  readonly slots: number[];
-  readonly waiters: Array<PromiseWithResolvers<number>>;
-  /** `performance.now()` just before sending. */
-  readonly sentAt: number;
-  /** Redis time (epoch ms) after which the script refuses to count. */
-  readonly deadline: number;
-  timer: Timer | undefined;
-  /** Whether the waiters have their answer (a count or an error). */
-  answered: boolean;
-}
-
-/** What a batch's script call and its `WAIT` answered. */
-interface BatchReply {
-  /** Per key the new count (or -1, -3), or {@link REFUSED}. */
-  readonly counts: number[] | number;
-  /** Replicas that acknowledged it (`WAIT`); {@link NOT_ASKED} without one. */
-  readonly acks: number;
-}
-
-/** A frame answered unavailable that Redis counted after all. */
-interface Orphan {
-  readonly key: string;
-  readonly count: number;
-  readonly sentAt: number;
-  /** The ring its batch recorded it in, and the batch's number. */
-  readonly ring: string;
-  readonly seq: number;
-}
-
-/** What the batcher needs from its store. */
-interface BatchOwner {
-  /** Replicas a batch on this master must reach before it is answered. */
-  replicasNeeded(shard: Shard): number;
-  /**
-   * A batch's `WAIT` fell short: whether the master may count alone (a
-   * master new to us, without replicas yet) rather than be unavailable.
-   */
-  countsAlone(shard: Shard): boolean;
-  /** A batch's replicas acknowledged: the master has its replicas. */
-  replicated(shard: Shard): void;
-  /** Whether frames may be sent to Redis now. */
-  isUp(): boolean;
-  /** The error for frames refused while Redis is unavailable. */
-  downError(): StoreUnavailableError;
-  /** The master for a slot now (the only one outside a Cluster). */
-  shardOf(slot: number): Shard | undefined;
-  /** Sends one batch's script call (and its `WAIT`). */
-  run(batch: Batch): Promise<BatchReply>;
-  /** Redis time (epoch ms) past which a batch sent at `sentAt` must not count. */
-  deadline(sentAt: number, shard: Shard): number;
-  /** Redis stopped answering in time, or the connection failed. */
-  stalled(reason: string): void;
-  /** Orphans were found (a late reply counted answered frames). */
-  orphaned(): void;
-  /** A master refused keys it does not serve: re-read the slot map. */
-  moved(): Promise<void>;
-}
-
-/** Frames for one master, gathered in one turn. */
-interface Group {
-  readonly keys: string[];
-  readonly slots: number[];
-  readonly waiters: Array<PromiseWithResolvers<number>>;
-}
-
-function orphansOf(batch: Batch, counts: number[], into: Orphan[]): boolean {
-  let found = false;
-  for (let i = 0; i < counts.length; i++) {
-    const count = counts[i]!;
-    if (count > 0) {
-      into.push({
-        key: batch.keys[i]!,
-        count,
-        sentAt: batch.sentAt,
-        ring: batch.shard.ring,
-        seq: batch.seq,
-      });
-      found = true;
-    }
-  }
-  return found;
-}
-
-/**
- * Collects the increments of one event-loop turn and sends them as one
- * script call per master, flushed from a microtask (so no timer adds
- * latency). Keeps each batch until Redis answers or the connection fails,
- * so a late answer is still read, and remembers the batches whose fate the
- * connection took.
- */
-class IncrementBatcher {
-  readonly #owner: BatchOwner;
-  readonly #clustered: boolean;
-  #keys: string[] = [];
-  #slots: number[] = [];
-  #waiters: Array<PromiseWithResolvers<number>> = [];
-  #scheduled = false;
-  #seq = 0;
-  readonly #inFlight = new Map<number, Batch>();
-  #whenSettled: Array<() => void> = [];
-  /** Frames already sent once to a master that did not serve their key. */
-  readonly #moved = new WeakSet<PromiseWithResolvers<number>>();
-  /** Batches sent on a connection that closed before their reply. */
-  doubtful: Batch[] = [];
-  /** Frames answered unavailable but counted. */
-  orphans: Orphan[] = [];
-  /** Frames Redis refused because they reached it past their deadline. */
-  refusedLate = 0;
-
-  constructor(owner: BatchOwner, clustered: boolean) {
-    this.#owner = owner;
-    this.#clustered = clustered;
-  }
-
-  add(key: string, slot: number): Promise<number> {
-    const waiter = Promise.withResolvers<number>();
-    this.#keys.push(key);
-    this.#slots.push(slot);
-    this.#waiters.push(waiter);
-    if (this.#keys.length >= MAX_BATCH) this.#flush();
-    else if (!this.#scheduled) {
-      this.#scheduled = true;
-      queueMicrotask(() => this.#flush());
-    }
-    return waiter.promise;
-  }
-
-  /** Resolves once no batch awaits Redis. */
-  settled(): Promise<void> {
-    if (this.#inFlight.size === 0) return Promise.resolve();
-    const { promise, resolve } = Promise.withResolvers<void>();
-    this.#whenSettled.push(resolve);
-    return promise;
-  }
-
-  /** Answers every frame not yet sent with `error`. */
-  failPending(error: Error): void {
-    const waiters = this.#waiters;
-    if (waiters.length === 0) return;
-    this.#keys = [];
-    this.#slots = [];
-    this.#waiters = [];
-    for (const waiter of waiters) waiter.reject(error);
-  }
-
-  /** Stops every batch timer (the store is closing). */
-  close(error: Error): void {
-    for (const batch of this.#inFlight.values()) {
-      clearTimeout(batch.timer);
-      batch.timer = undefined;
-    }
-    this.failPending(error);
-  }
-
-  #flush(): void {
-    this.#scheduled = false;
-    if (this.#keys.length === 0) return;
-    if (!this.#owner.isUp()) return this.failPending(this.#owner.downError());
-    if (this.#clustered) return this.#flushPerMaster();
-    const shard = this.#owner.shardOf(0)!;
-    while (this.#keys.length > 0) {
-      // Sent when a batch returns; the oldest batch's timer bounds the wait.
-      if (this.#inFlight.size >= MAX_IN_FLIGHT) return;
-      let keys = this.#keys;
-      let slots = this.#slots;
-      let waiters = this.#waiters;
-      if (keys.length > MAX_BATCH) {
-        keys = keys.splice(0, MAX_BATCH);
-        slots = slots.splice(0, MAX_BATCH);
-        waiters = waiters.splice(0, MAX_BATCH);
-      } else {
-        this.#keys = [];
-        this.#slots = [];
-        this.#waiters = [];
-      }
-      this.#send(shard, keys, slots, waiters);
-    }
-  }
-
-  /** A Cluster: one script call per master for this turn's frames. */
-  #flushPerMaster(): void {
-    if (this.#inFlight.size >= MAX_IN_FLIGHT) return;
-    const keys = this.#keys;
-    const slots = this.#slots;
-    const waiters = this.#waiters;
-    this.#keys = [];
-    this.#slots = [];
-    this.#waiters = [];
-    const groups = new Map<Shard, Group>();
-    let unserved: number | undefined;
-    for (let i = 0; i < keys.length; i++) {
-      const shard = this.#owner.shardOf(slots[i]!);
-      if (shard === undefined) {
-        unserved = slots[i];
-        waiters[i]!.reject(
-          new StoreUnavailableError(
-            `No Redis Cluster master is known for slot ${slots[i]}`,
-          ),
-        );
-        continue;
-      }
-      let group = groups.get(shard);
-      if (group === undefined) {
-        group = { keys: [], slots: [], waiters: [] };
-        groups.set(shard, group);
-      }
-      group.keys.push(keys[i]!);
-      group.slots.push(slots[i]!);
-      group.waiters.push(waiters[i]!);
-    }
-    for (const [shard, group] of groups) {
-      for (let from = 0; from < group.keys.length; from += MAX_BATCH) {
-        const to = from + MAX_BATCH;
-        if (this.#inFlight.size >= MAX_IN_FLIGHT) {
-          // Sent when a batch returns, with that turn's frames.
-          this.#keys.push(...group.keys.slice(from));
-          this.#slots.push(...group.slots.slice(from));
-          this.#waiters.push(...group.waiters.slice(from));
-          break;
-        }
-        this.#send(
-          shard,
-          group.keys.slice(from, to),
-          group.slots.slice(from, to),
-          group.waiters.slice(from, to),
-        );
-      }
-    }
-    if (unserved !== undefined) {
-      this.#owner.stalled(
-        `no Redis Cluster master is known for slot ${unserved}`,
-      );
-    }
-  }
-
-  #send(
-    shard: Shard,
-    keys: string[],
-    slots: number[],
-    waiters: Array<PromiseWithResolvers<number>>,
-  ): void {
-    const sentAt = performance.now();
-    const batch: Batch = {
-      seq: ++this.#seq,
-      shard,
-      keys,
-      slots,
-      waiters,
-      sentAt,
-      deadline: this.#owner.deadline(sentAt, shard),
-      timer: undefined,
-      answered: false,
-    };
-    this.#inFlight.set(batch.seq, batch);
-    batch.timer = setTimeout(() => this.#expire(batch), COMMAND_TIMEOUT_MS);
-    this.#owner.run(batch).then(
-      (reply) => this.#replied(batch, reply),
-      (error) => this.#failed(batch, error),
-    );
-  }
-
-  #expire(batch: Batch): void {
-    // Never answer before the full timeout on the clock the deadline used.
-    const left = COMMAND_TIMEOUT_MS - (performance.now() - batch.sentAt);
-    if (left > 0) {
-      batch.timer = setTimeout(() => this.#expire(batch), left);
-      return;
-    }
-    batch.timer = undefined;
-    this.#answer(batch, new CommandTimeoutError("a batch of increments"));
-    this.#owner.stalled(`no reply within ${COMMAND_TIMEOUT_MS} ms`);
-  }
-
-  #answer(batch: Batch, error: Error): void {
-    if (batch.answered) return;
-    batch.answered = true;
-    for (const waiter of batch.waiters) waiter.reject(error);
-  }
-
-  #settle(batch: Batch): void {
-    clearTimeout(batch.timer);
-    batch.timer = undefined;
-    this.#inFlight.delete(batch.seq);
-    if (this.#inFlight.size === 0 && this.#whenSettled.length > 0) {
-      const waiting = this.#whenSettled;
-      this.#whenSettled = [];
-      for (const resolve of waiting) resolve();
-    }
-  }
-
-  #replied(batch: Batch, { counts, acks }: BatchReply): void {
-    this.#settle(batch);
-    const needed = this.#owner.replicasNeeded(batch.shard);
-    if (!Array.isArray(counts)) {
-      // Redis ran it past its deadline: nothing counted, and Redis is slow.
-      this.refusedLate += batch.keys.length;
-      this.#answer(
-        batch,
-        new StoreUnavailableError(
-          `Redis ran a batch later than ${COMMAND_TIMEOUT_MS} ms after it was sent`,
-        ),
-      );
-      this.#owner.stalled("a batch reached Redis past its deadline");
-    } else if (batch.answered) {
-      // Answered unavailable, but it ran before its deadline: orphans.
-      if (orphansOf(batch, counts, this.orphans)) this.#owner.orphaned();
-    } else if (
-      acks !== NOT_ASKED && acks < needed &&
-      !this.#owner.countsAlone(batch.shard)
-    ) {
-      // Counted on the master only: a failover could lose it, so it is
-      // neither acknowledged nor left counted.
-      const reason =
-        `only ${acks} of ${needed} replicas of ${batch.shard.id} acknowledged a batch within ${WAIT_TIMEOUT_MS} ms`;
-      this.#answer(batch, new StoreUnavailableError(`Redis ${reason}`));
-      orphansOf(batch, counts, this.orphans);
-      this.#owner.stalled(reason);
-    } else {
-      if (needed > 0 && acks >= needed) this.#owner.replicated(batch.shard);
-      batch.answered = true;
-      const { keys, waiters } = batch;
-      let moved: number[] | undefined;
-      for (let i = 0; i < waiters.length; i++) {
-        const n = counts[i];
-        if (n === NOT_HERE) (moved ??= []).push(i);
-        else if (n === -1 || typeof n !== "number") {
-          waiters[i]!.reject(
-            new TypeError(
-              `Cannot increment ${keys[i]}: the key holds no integer`,
-            ),
-          );
-        } else waiters[i]!.resolve(n);
-      }
-      if (moved !== undefined) this.#sendAgain(batch, moved);
-    }
-    if (this.#keys.length > 0 && !this.#scheduled) this.#flush();
-  }
-
-  #failed(batch: Batch, error: unknown): void {
-    this.#settle(batch);
-    if (isReplyError(error)) {
-      // Redis refused the call itself: nothing ran.
-      if (batch.answered) return;
-      const kind = replyKind(error as Error);
-      if (kind === "moved") {
-        batch.answered = true;
-        this.#sendAgain(batch, batch.keys.map((_, i) => i));
-      } else if (kind === "unavailable") {
-        const message = (error as Error).message;
-        this.#answer(
-          batch,
-          new StoreUnavailableError(`Redis unavailable: ${message}`, {
-            cause: error,
-          }),
-        );
-        this.#owner.stalled(message);
-      } else {
-        batch.answered = true;
-        for (const waiter of batch.waiters) waiter.reject(error);
-      }
-      return;
-    }
-    // The connection failed with the batch sent: it may or may not have run.
-    this.doubtful.push(batch);
-    this.#answer(batch, translate(error));
-    this.#owner.stalled("the connection failed with increments in flight");
-  }
-
-  /**
-   * Frames a master ran nothing for because it does not serve their keys:
-   * sent once more after the slot map is read again, then answered
-   * unavailable (a slot in migration settles within moments).
-   */
-  #sendAgain(batch: Batch, indexes: number[]): void {
-    const again: number[] = [];
-    for (const i of indexes) {
-      const waiter = batch.waiters[i]!;
-      if (this.#moved.has(waiter)) {
-        waiter.reject(
-          new StoreUnavailableError(
-            `Redis Cluster is moving ${batch.keys[i]} between masters`,
-          ),
-        );
-      } else {
-        this.#moved.add(waiter);
-        again.push(i);
-      }
-    }
-    if (again.length === 0) return;
-    const retry = () => {
-      for (const i of again) {
-        this.#keys.push(batch.keys[i]!);
-        this.#slots.push(batch.slots[i]!);
-        this.#waiters.push(batch.waiters[i]!);
-      }
-      if (!this.#scheduled) {
-        this.#scheduled = true;
-        queueMicrotask(() => this.#flush());
-      }
-    };
-    this.#owner.moved().then(retry, retry);
-  }
-}
-
 /** Sessions in Redis through ioredis: one server, Sentinel or Cluster. */
 export class RedisSessionStore implements SessionStore {
   readonly kind = "redis" as const;
@@ -902,6 +216,8 @@ export class RedisSessionStore implements SessionStore {
   #refresher: Timer | undefined;
   #clockSync: Timer | undefined;
   readonly #batcher: IncrementBatcher;
+  /** The store as the withdrawal of orphans sees it. */
+  readonly #withdrawal: WithdrawalOwner;
   /** Every ring this store wrote, deleted at close. */
   readonly #rings = new Set<string>();
   readonly #stopping = new AbortController();
@@ -930,8 +246,8 @@ export class RedisSessionStore implements SessionStore {
    * promoted in a failover): they count alone until one attaches.
    */
   readonly #alone = new Set<string>();
-  /** Per master: lower bounds of (Redis epoch ms − `performance.now()`), newest last. */
-  #offsets = new Map<string, Array<{ offset: number; at: number }>>();
+  /** Redis's clock offsets per master. */
+  readonly #clock = new RedisClock();
 
   /**
    * Creates the client; {@link start} connects in the background, and the
@@ -1006,17 +322,30 @@ export class RedisSessionStore implements SessionStore {
           : [keys.length + 1, shard.ring, ...keys, ...params];
         return this.#runBatch(shard, increment, args);
       },
-      deadline: (sentAt, shard) => this.#deadline(sentAt, shard),
+      deadline: (sentAt, shard) => this.#clock.deadline(sentAt, shard),
       stalled: (reason) => this.#markDown(reason),
       orphaned: () => {
         if (!this.#up) return; // the recovery withdraws them
-        this.#detached(() => this.#withdraw()).catch(() => {});
+        this.#detached(() => withdraw(this.#withdrawal)).catch(() => {});
       },
       moved: () => this.#topology.refresh(),
     }, clustered);
+    this.#withdrawal = {
+      topology: this.#topology,
+      batcher: this.#batcher,
+      log: this.#log,
+      ttlMs: this.#ttlMs,
+      waitReplicas: this.#waitReplicas,
+      alone: this.#alone,
+      closed: () => this.#closed,
+      deadline: (sentAt) => this.#clock.deadline(sentAt),
+      timed: (promise, what) => this.#timed(promise, what),
+      failure: (error) => this.#failure(error),
+      pause: (ms) => this.#pause(ms),
+    };
     client.on("ready", () => {
       // Another server may answer now (Sentinel): its clock is measured anew.
-      if (!clustered) this.#offsets.clear();
+      if (!clustered) this.#clock.clear();
       this.#whenReady?.resolve();
       this.#whenReady = undefined;
     });
@@ -1054,7 +383,7 @@ export class RedisSessionStore implements SessionStore {
       this.#topology.masters(false).then((shards) =>
         Promise.all(
           shards.map(async (shard) => {
-            await this.#timed(this.#syncClock(shard), `TIME at ${shard.id}`);
+            await this.#timed(this.#clock.sync(shard), `TIME at ${shard.id}`);
             if (this.#alone.has(this.#topology.server(shard))) {
               await this.#probeWrites(shard);
             }
@@ -1249,57 +578,6 @@ export class RedisSessionStore implements SessionStore {
     return translate(error);
   }
 
-  /**
-   * Redis time past which a command sent at `sentAt` must not run.
-   *
-   * @param sentAt `performance.now()` at the send.
-   * @param shard The master it runs on. Without one, or for a master not
-   *   measured yet (just found in a Cluster, measured in the background),
-   *   the lowest offset of any master: the nodes' clocks agree within the
-   *   margin, and a lower offset only makes the deadline earlier.
-   */
-  #deadline(sentAt: number, shard?: Shard): number {
-    const now = performance.now();
-    const best = (samples: Array<{ offset: number; at: number }>) => {
-      let offset = -Infinity;
-      // Each sample is a lower bound; the largest recent one is the tightest.
-      for (const sample of samples) {
-        if (now - sample.at < 6 * CLOCK_SYNC_INTERVAL_MS) {
-          offset = Math.max(offset, sample.offset);
-        }
-      }
-      return offset === -Infinity ? samples.at(-1)?.offset : offset;
-    };
-    const own = this.#offsets.get(shard?.id ?? "");
-    let offset = own === undefined ? undefined : best(own);
-    if (offset === undefined) {
-      for (const samples of this.#offsets.values()) {
-        const o = best(samples);
-        if (o !== undefined) offset = Math.min(offset ?? Infinity, o);
-      }
-      if (shard !== undefined && own === undefined) {
-        this.#offsets.set(shard.id, []);
-        this.#syncClock(shard).catch(() => this.#offsets.delete(shard.id));
-      }
-    }
-    return Math.floor(sentAt + (offset ?? 0)) + COMMAND_TIMEOUT_MS -
-      DEADLINE_MARGIN_MS;
-  }
-
-  /** Reads a master's `TIME`: one more lower bound of its clock offset. */
-  async #syncClock(shard: Shard): Promise<void> {
-    const [seconds, micros] = await shard.conn.time();
-    const at = performance.now();
-    const redisMs = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
-    if (!Number.isFinite(redisMs)) {
-      throw new TypeError(`Cannot read Redis TIME: got ${seconds} ${micros}`);
-    }
-    let samples = this.#offsets.get(shard.id);
-    if (samples === undefined) this.#offsets.set(shard.id, samples = []);
-    samples.push({ offset: redisMs - at, at });
-    if (samples.length > 6) samples.shift();
-  }
-
   #markDown(reason: string): void {
     this.#detached(() => this.#markDownHere(reason));
   }
@@ -1363,14 +641,14 @@ export class RedisSessionStore implements SessionStore {
           // One connection: this probe answers once Redis does, and then
           // every batch sent before it has answered too. A Cluster's master
           // that stopped answering is a failover in progress: ask again.
-          const probe = this.#syncClock(shard);
+          const probe = this.#clock.sync(shard);
           await (clustered ? this.#timed(probe, `TIME at ${shard.id}`) : probe);
         }
         await this.#batcher.settled();
-        await this.#lookUpDoubtful();
+        await lookUpDoubtful(this.#withdrawal);
         // Before the withdrawals, which need the same replicas as batches.
         for (const shard of masters) await this.#probeWrites(shard);
-        await this.#withdraw();
+        await withdraw(this.#withdrawal);
         if (failures !== this.#failures || this.#closed) continue;
         this.#markUp();
       } catch (error) {
@@ -1494,162 +772,6 @@ export class RedisSessionStore implements SessionStore {
         resolve();
       }
     });
-  }
-
-  /** Finds out which batches lost with a connection were counted. */
-  async #lookUpDoubtful(): Promise<void> {
-    const byRing = Map.groupBy(this.#batcher.doubtful, (b) => b.shard.ring);
-    for (const [ring, doubtful] of byRing) {
-      const latest = Math.max(...doubtful.map((b) => b.deadline));
-      const fields = doubtful.map((b) => String(b.seq % MAX_IN_FLIGHT));
-      let records: Array<string | null>;
-      while (true) {
-        const reply = await this.#timed(
-          evalScript(this.#topology.client, SCRIPTS.lookup, [
-            1,
-            ring,
-            latest,
-            ...fields,
-          ]) as Promise<Array<string | null> | number>,
-          "a lookup of batch records",
-        );
-        if (!Array.isArray(reply)) {
-          // A batch could still run until Redis's clock passes its deadline.
-          await this.#pause(reply);
-          if (this.#closed) return;
-          continue;
-        }
-        records = reply;
-        break;
-      }
-      const orphans = this.#batcher.orphans;
-      doubtful.forEach((batch, i) => {
-        const record = records[i];
-        const prefix = `${batch.seq}:`;
-        if (typeof record !== "string" || !record.startsWith(prefix)) return;
-        const counts = record.slice(prefix.length).split(",").map(Number);
-        orphansOf(batch, counts, orphans);
-      });
-      this.#batcher.doubtful = this.#batcher.doubtful.filter((b) =>
-        b.shard.ring !== ring
-      );
-    }
-  }
-
-  /**
-   * Takes back the counts of frames answered unavailable. A withdrawal that
-   * fails (its fate unknown, or its replicas short) is sent again by the
-   * next round of the recovery: it withdraws each count at most once.
-   */
-  async #withdraw(): Promise<void> {
-    const orphans = this.#batcher.orphans;
-    if (orphans.length === 0) return;
-    this.#batcher.orphans = [];
-    const now = performance.now();
-    // Past its TTL a key may have expired and been recreated by others.
-    const fresh = orphans.filter((o) =>
-      now - o.sentAt < this.#ttlMs - COMMAND_TIMEOUT_MS
-    );
-    const tally = {
-      withdrawn: 0,
-      kept: orphans.length - fresh.length,
-      gone: 0,
-    };
-    const byRing = [...Map.groupBy(fresh, (o) => o.ring).values()];
-    try {
-      while (byRing.length > 0) {
-        await this.#withdrawFrom(byRing[0]!, tally);
-        byRing.shift();
-      }
-    } finally {
-      for (const group of byRing) this.#batcher.orphans.push(...group);
-      this.#logWithdrawal(tally);
-    }
-  }
-
-  /**
-   * One ring's orphans: one script call on the master holding the ring,
-   * then `WAIT`, so a withdrawal counts only once replicas hold it.
-   */
-  async #withdrawFrom(
-    group: Orphan[],
-    tally: { withdrawn: number; kept: number; gone: number },
-  ): Promise<void> {
-    const ring = group[0]!.ring;
-    const shard = this.#topology.shardOf(this.#topology.slot(ring));
-    if (shard === undefined) {
-      throw new StoreUnavailableError(`No Redis master is known for ${ring}`);
-    }
-    group.sort((a, b) =>
-      a.key < b.key ? -1 : a.key > b.key ? 1 : b.count - a.count
-    );
-    const clustered = this.#topology.clustered;
-    const triples = group.flatMap((o) => [
-      String(o.seq % MAX_IN_FLIGHT),
-      `${o.seq}:`,
-      o.count,
-    ]);
-    const keys = group.map((o) => o.key);
-    const deadline = this.#deadline(performance.now());
-    const args = clustered
-      ? [1, ring, deadline, ...triples, ...keys]
-      : [keys.length + 1, ring, ...keys, deadline, ...triples];
-    let reply: number[] | number;
-    try {
-      reply = await this.#timed(
-        evalScript(
-          shard.conn,
-          clustered ? SCRIPTS.cluster.withdraw : SCRIPTS.server.withdraw,
-          args,
-        ) as Promise<number[] | number>,
-        "a withdrawal",
-      );
-    } catch (error) {
-      throw this.#failure(error);
-    }
-    if (!Array.isArray(reply)) {
-      // Refused, so it did nothing: try again with a fresh deadline.
-      throw new StoreUnavailableError("Redis ran a withdrawal too late");
-    }
-    const needed = this.#waitReplicas;
-    if (needed > 0 && !this.#alone.has(this.#topology.server(shard))) {
-      const acks = await this.#timed(
-        shard.conn.wait(needed, WAIT_TIMEOUT_MS),
-        `WAIT at ${shard.id}`,
-      );
-      if (acks < needed) {
-        throw new ReplicasMissingError(
-          `Only ${acks} of ${needed} replicas of ${shard.id} acknowledged ` +
-            `a withdrawal within ${WAIT_TIMEOUT_MS} ms`,
-        );
-      }
-    }
-    for (const done of reply) {
-      if (done === 1) tally.withdrawn++;
-      else if (done === 2) tally.gone++;
-      else tally.kept++;
-    }
-  }
-
-  #logWithdrawal(
-    { withdrawn, kept, gone }: {
-      withdrawn: number;
-      kept: number;
-      gone: number;
-    },
-  ): void {
-    if (withdrawn > 0 || gone > 0) {
-      this.#log.info(
-        "Withdrew {withdrawn} counts of frames answered unavailable",
-        { withdrawn, not_in_redis: gone },
-      );
-    }
-    if (kept > 0) {
-      this.#log.warning(
-        "{kept} frames answered unavailable stay counted: a gap in their sessions",
-        { kept },
-      );
-    }
   }
 
   #refreshHeld(): void {
