@@ -269,11 +269,7 @@ export class Connection {
    * @returns `true` when the frame was sent.
    */
   heartbeat(frame: string): boolean {
-    if (this.#closing || !this.open) return false;
-    if (this.socket.bufferedAmount > this.#maxBuffered) {
-      this.reject(REFUSALS.slowConsumer);
-      return false;
-    }
+    if (this.#closing || !this.open || this.#checkBacklog()) return false;
     this.socket.send(frame);
     return true;
   }
@@ -395,11 +391,13 @@ export class Connection {
    * memory whatever its payload: check the backlog where it grows (one
    * fast-op read, ~40 ns), so a client that sends and never reads is closed
    * before it costs more than about 85 × maxBuffered bytes.
+   *
+   * @returns `true` when the socket was closed as a slow consumer.
    */
-  #checkBacklog(): void {
-    if (this.socket.bufferedAmount > this.#maxBuffered) {
-      this.reject(REFUSALS.slowConsumer);
-    }
+  #checkBacklog(): boolean {
+    if (this.socket.bufferedAmount <= this.#maxBuffered) return false;
+    this.reject(REFUSALS.slowConsumer);
+    return true;
   }
 
   #failed(error: unknown): void {
