@@ -179,7 +179,7 @@ export function createApp(
     adminRoutes(app, deps.admin);
   }
   if (groups.includes("websocket")) {
-    websocketRoutes(app, deps);
+    websocketRoutes(app, deps, clientAddress);
     clientPageRoutes(app);
   }
   return app;
@@ -292,10 +292,13 @@ function operationsRoutes(app: Hono<Env>, deps: AppDeps): void {
 }
 
 /** The WebSocket upgrade at `/ws/chat/` (and `/ws/chat`). */
-function websocketRoutes(app: Hono<Env>, deps: AppDeps): void {
+function websocketRoutes(
+  app: Hono<Env>,
+  deps: AppDeps,
+  clientAddress: (c: Context<Env>) => string,
+): void {
   const { settings, lifecycle, metrics, hub, store } = deps;
   const wsLog = logger("ws");
-  const clientAddress = clientAddressOf(settings);
   const limits = processLimits(deps);
   const admission = new Admission({
     settings,

@@ -241,11 +241,6 @@ export class Admission {
       settings.maxConnectionsPerClient > 0;
   }
 
-  /** How tokens are verified (`secret`, `public_key`, `jwks`), or `off`. */
-  get authentication(): "off" | Authenticator["kind"] {
-    return this.#auth?.kind ?? "off";
-  }
-
   /**
    * Runs every check and attaches the session.
    *
