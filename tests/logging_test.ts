@@ -8,6 +8,8 @@ import {
   jsonFormatter,
   logger,
   prettyFormatter,
+  REDACTION_PATTERNS,
+  redactText,
   setupLogging,
 } from "../src/observability/logging.ts";
 import { rawUpgrade, spawnServer } from "./_helpers.ts";
@@ -188,4 +190,59 @@ Deno.test("a user agent and close reason holding secrets are logged without them
       `${secret} is not on stdout`,
     );
   }
+});
+
+Deno.test("the one-pass check skips only strings no redaction pattern changes", () => {
+  // Every pattern applied in full, as the library does: the reference.
+  const full = (text: string) => {
+    for (const { pattern, replacement } of REDACTION_PATTERNS) {
+      text = typeof replacement === "string"
+        ? text.replaceAll(pattern, replacement)
+        : text.replaceAll(pattern, replacement);
+    }
+    return text;
+  };
+  // Strings built from the characters the patterns look for, so that many
+  // of them match: 20,000 of them, from a fixed seed.
+  const alphabet = [
+    ...'aZ0149 -=:"@./',
+    ...["token", "password", "Bearer ", "BEARER ", "Basic ", "BASIC "],
+    ...["eyJ", "4111", "4111111111111111", "://", "x.io"],
+  ];
+  let seed = 42;
+  const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  let changed = 0;
+  for (let i = 0; i < 20_000; i++) {
+    let text = "";
+    const parts = 1 + Math.floor(random() * 12);
+    for (let j = 0; j < parts; j++) {
+      text += alphabet[Math.floor(random() * alphabet.length)];
+    }
+    const expected = full(text);
+    if (expected !== text) changed++;
+    assert.equal(redactText(text), expected, JSON.stringify(text));
+  }
+  // The corpus exercises the patterns, not just the skip.
+  assert.ok(changed > 1000, `only ${changed} strings matched a pattern`);
+  // One string per kind of match, each without any other trigger.
+  for (
+    const text of [
+      "a=b token=x",
+      "x@y.io",
+      'Z "secret" : 1',
+      "4111 1111 1111 1111",
+      "4111111111111111",
+      "eyJa.b.c",
+      "Bearer abc",
+      "BEARER abc",
+      "Basic abc",
+      "BASIC abc",
+    ]
+  ) {
+    assert.notEqual(redactText(text), text, JSON.stringify(text));
+    assert.equal(redactText(text), full(text));
+  }
+  // Ids keep their shape even when all digits (not a card number).
+  const id = "12345678-1234-1234-1234-123456789012";
+  assert.equal(redactText(id), id);
 });
