@@ -11,28 +11,25 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { type Context, Hono, type MiddlewareHandler } from "hono";
-import { requestId } from "hono/request-id";
 import { routePath } from "hono/route";
 import { withContext } from "@logtape/logtape";
 import { HttpError } from "./http_error.ts";
 import type { Lifecycle } from "./lifecycle.ts";
 import { logger } from "./observability/logging.ts";
 import type { Metrics } from "./observability/metrics.ts";
-import {
-  activeSpan,
-  KNOWN_HTTP_METHODS,
-  nameServerSpan,
-  recordError,
-} from "./observability/tracing.ts";
-import { type ConnInfo, upgradeWebSocket } from "./platform.ts";
+import { KNOWN_HTTP_METHODS } from "./observability/tracing.ts";
+import type { ConnInfo, Handler } from "./platform.ts";
 import type { Settings } from "./settings.ts";
-import { SUBPROTOCOL } from "./sessions/frames.ts";
 import type { Hub } from "./sessions/hub.ts";
 import type { SessionStore } from "./sessions/store.ts";
-import { Admission, Refused } from "./sessions/admission.ts";
 import { TrustedProxies } from "./sessions/client_address.ts";
 import { authenticationMode } from "./sessions/auth.ts";
-import { REFUSALS } from "./sessions/refusals.ts";
+import {
+  REQUEST_ID_HEADER,
+  requestIdFrom,
+  requestRecorder,
+  UpgradeRoute,
+} from "./upgrade_route.ts";
 import { VERSION } from "./version.ts";
 import { type AdminDeps, adminRoutes } from "./admin/app.ts";
 import { adminPageRoutes, clientPageRoutes } from "./pages.ts";
@@ -112,37 +109,62 @@ export function createApp(
   deps: AppDeps,
   groups: readonly RouteGroup[] = ALL_ROUTES,
 ): Hono<AppEnv> {
-  const { metrics } = deps;
+  return buildApp(deps, groups).app;
+}
+
+/**
+ * Builds the listener's request handler for some route groups: the app, with
+ * the WebSocket upgrade served before it (see `upgrade_route.ts`).
+ *
+ * @param deps Settings, lifecycle, metrics, hub, store and the admin API's deps.
+ * @param groups The route groups it serves; all by default.
+ * @returns The handler for `serve`.
+ */
+export function createHandler(
+  deps: AppDeps,
+  groups: readonly RouteGroup[] = ALL_ROUTES,
+): Handler {
+  const { app, upgrade } = buildApp(deps, groups);
+  if (upgrade === undefined) return (req, info) => app.fetch(req, info);
+  return (req, info) => upgrade.direct(req, info) ?? app.fetch(req, info);
+}
+
+function buildApp(
+  deps: AppDeps,
+  groups: readonly RouteGroup[],
+): { app: Hono<AppEnv>; upgrade: UpgradeRoute | undefined } {
+  const { metrics, settings } = deps;
   const httpLog = logger("http");
-  const clientAddress = clientAddressOf(deps.settings);
+  const proxies = new TrustedProxies(settings.trustedProxies);
+  const clientAddress = (c: Context<Env>): string =>
+    proxies.clientAddress(
+      c.env?.remoteAddr ?? "",
+      c.req.header("X-Forwarded-For") ?? null,
+    );
+  const record = requestRecorder(metrics, methodLabel);
   const app = new Hono<Env>();
 
-  app.use(requestId({ headerName: "X-Request-ID", limitLength: 128 }));
   app.use(async (c, next) => {
     const start = performance.now();
-    const id = c.get("requestId");
+    const id = requestIdFrom(c.req.header(REQUEST_ID_HEADER) ?? null);
+    c.set("requestId", id);
+    c.header(REQUEST_ID_HEADER, id);
     await withContext({ request_id: id }, next);
     const res = c.res;
     // Responses built outside Hono (the 101) miss headers set by c.header().
-    if (!res.headers.has("X-Request-ID")) res.headers.set("X-Request-ID", id);
+    if (!res.headers.has(REQUEST_ID_HEADER)) {
+      res.headers.set(REQUEST_ID_HEADER, id);
+    }
     const route = routePath(c, -1);
     const matched = route !== "*" && route !== "/*";
-    const endpoint = matched ? route : "unmatched";
-    const method = c.req.method;
-    nameServerSpan(method, matched ? route : undefined);
-    const seconds = (performance.now() - start) / 1000;
-    // Every label from a fixed set: the method, the route table, and a status
-    // this app chose (a client cannot make up any of them).
-    const label = methodLabel(method);
-    metrics.httpRequests.labels(label, endpoint, String(res.status)).inc();
-    metrics.httpDuration.labels(label, endpoint).observe(seconds);
-    httpLog.debug("{method} {path} {status}", {
-      method,
-      path: c.req.path,
-      status: res.status,
-      duration_ms: Math.round(seconds * 1e6) / 1000,
-      request_id: id,
-    });
+    record(
+      c.req.method,
+      matched ? route : undefined,
+      c.req.path,
+      res.status,
+      (performance.now() - start) / 1000,
+      id,
+    );
   });
 
   app.onError((error, c) => {
@@ -178,24 +200,21 @@ export function createApp(
     adminPageRoutes(app, !groups.includes("websocket"));
     adminRoutes(app, deps.admin);
   }
+  let upgrade: UpgradeRoute | undefined;
   if (groups.includes("websocket")) {
-    websocketRoutes(app, deps, clientAddress);
+    const route = upgrade = new UpgradeRoute({
+      ...deps,
+      maxConnections: processLimits(deps).maxConnections,
+      proxies,
+      record,
+    });
+    const handle = (c: Context<Env>) =>
+      route.handle(c.req.raw, clientAddress(c), c.get("requestId"));
+    app.get("/ws/chat/", handle);
+    app.get("/ws/chat", handle);
     clientPageRoutes(app);
   }
-  return app;
-}
-
-/**
- * The client's address: the peer, or what a trusted proxy forwarded
- * (`TRUSTED_PROXIES`).
- */
-function clientAddressOf(settings: Settings): (c: Context<Env>) => string {
-  const proxies = new TrustedProxies(settings.trustedProxies);
-  return (c) =>
-    proxies.clientAddress(
-      c.env?.remoteAddr ?? "",
-      c.req.header("X-Forwarded-For") ?? null,
-    );
+  return { app, upgrade };
 }
 
 /** The limits `/status` reports, from start-up or from the settings alone. */
@@ -289,85 +308,6 @@ function operationsRoutes(app: Hono<Env>, deps: AppDeps): void {
     );
     return c.body(body, 200, { "Content-Type": contentType });
   });
-}
-
-/** The WebSocket upgrade at `/ws/chat/` (and `/ws/chat`). */
-function websocketRoutes(
-  app: Hono<Env>,
-  deps: AppDeps,
-  clientAddress: (c: Context<Env>) => string,
-): void {
-  const { settings, lifecycle, metrics, hub, store } = deps;
-  const wsLog = logger("ws");
-  const limits = processLimits(deps);
-  const admission = new Admission({
-    settings,
-    lifecycle,
-    store,
-    openSockets: () => hub.size,
-    maxConnections: limits.maxConnections,
-  });
-  /** Renders a refusal: status, JSON body, metric, span, one log line. */
-  const refuse = (
-    c: Context<Env>,
-    refused: Refused,
-    remoteAddr: string,
-  ): Response => {
-    const { refusal, message, cause } = refused;
-    metrics.error(refusal.errorType);
-    recordError(activeSpan(), refusal.errorType, message);
-    wsLog[refusal.level]("Refusing WebSocket upgrade: {message}", {
-      message,
-      status: refusal.status,
-      error_type: refusal.errorType,
-      ...refused.fields,
-      ...(cause === undefined ? {} : { error: cause }),
-      remote_addr: remoteAddr,
-      user_agent: c.req.header("User-Agent"),
-    });
-    return c.json(
-      { error: refusal.errorType, message },
-      refusal.status as 400,
-      refused.headers,
-    );
-  };
-  const upgrade = async (c: Context<Env>) => {
-    const req = c.req.raw;
-    const remoteAddr = clientAddress(c);
-    const admitted = await admission.admit(req, remoteAddr);
-    if (admitted instanceof Refused) return refuse(c, admitted, remoteAddr);
-    const { session, sessionId, wantsSessionFrame } = admitted;
-    // The request's headers are gone once it is upgraded: read them now.
-    const userAgent = req.headers.get("user-agent") ?? "";
-    let upgraded;
-    try {
-      upgraded = upgradeWebSocket(req, {
-        protocol: wantsSessionFrame ? SUBPROTOCOL : undefined,
-        idleTimeoutS: settings.idleTimeoutS,
-      });
-    } catch (error) {
-      session.release();
-      admitted.release();
-      return refuse(
-        c,
-        new Refused(REFUSALS.badUpgrade, undefined, error),
-        remoteAddr,
-      );
-    }
-    upgraded.response.headers.set("X-Session-UUID", sessionId);
-    const conn = hub.add(upgraded.socket, session, {
-      remoteAddr,
-      userAgent,
-      requestId: c.get("requestId"),
-      wantsSessionFrame,
-      userId: admitted.userId,
-      onClose: admitted.release,
-    });
-    admitted.watch(() => conn.reject(REFUSALS.tokenExpired));
-    return upgraded.response;
-  };
-  app.get("/ws/chat/", upgrade);
-  app.get("/ws/chat", upgrade);
 }
 
 /**

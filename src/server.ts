@@ -4,11 +4,10 @@
  *
  * @module
  */
-import type { Hono } from "hono";
 import type { Logger } from "@logtape/logtape";
 import {
   ALL_ROUTES,
-  createApp,
+  createHandler,
   type ProcessLimits,
   type RouteGroup,
 } from "./app.ts";
@@ -51,8 +50,6 @@ export interface Server {
   readonly lifecycle: Lifecycle;
   /** The metrics registry. */
   readonly metrics: Metrics;
-  /** The HTTP app, for in-process requests. */
-  readonly app: Hono<never>;
   /** The admin listener's port; `undefined` without `ADMIN_PORT`. */
   readonly adminPort: number | undefined;
   /**
@@ -224,24 +221,24 @@ export async function startServer(settings: Settings): Promise<Server> {
   };
   const deps = { settings, lifecycle, metrics, hub, store, limits, admin };
   const routes = routeSplit(settings);
-  const app = createApp(deps, routes.main);
-  const adminApp = routes.admin && createApp(deps, routes.admin);
+  const handler = createHandler(deps, routes.main);
+  const adminHandler = routes.admin && createHandler(deps, routes.admin);
   const ctx = { log, metrics, lifecycle, hub, fdLimit };
 
   const http: HttpServer = serve({
     hostname: settings.host,
     port: settings.port,
     events: listenerEvents(ctx, "main", () => http),
-  }, (req, info) => app.fetch(req, info));
+  }, handler);
   // Closes what is left (1001) and waits for in-flight HTTP requests.
   stack.defer(() => http.shutdown());
   let adminHttp: HttpServer | undefined;
-  if (adminApp) {
+  if (adminHandler) {
     const listener: HttpServer = adminHttp = serve({
       hostname: settings.adminHost,
       port: settings.adminPort!,
       events: listenerEvents(ctx, "admin", () => listener),
-    }, (req, info) => adminApp.fetch(req, info));
+    }, adminHandler);
     last.defer(() => listener.shutdown());
   }
   stack.defer(() => admin.logLevel.close());
@@ -322,7 +319,6 @@ export async function startServer(settings: Settings): Promise<Server> {
     adminPort: adminHttp?.port,
     lifecycle,
     metrics,
-    app: app as unknown as Hono<never>,
     drain,
     hurry: () => hurry.abort(),
   };
