@@ -246,3 +246,17 @@ Deno.test("the one-pass check skips only strings no redaction pattern changes", 
   const id = "12345678-1234-1234-1234-123456789012";
   assert.equal(redactText(id), id);
 });
+
+Deno.test("an info line logged just before an uncaught error still reaches stdout", async () => {
+  for (const how of ["throw", "reject"]) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", "tests/_log_then_crash.ts", how],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 1, how);
+    const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+    assert.equal(lines.length, 1, how);
+    assert.equal(JSON.parse(lines[0]!).message, "Last words", how);
+  }
+});

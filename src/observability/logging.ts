@@ -388,12 +388,36 @@ export function setupLogging(options: LoggingOptions): Promise<void> {
     : jsonFormatter(options.color);
   const encoder = new TextEncoder();
   const write = options.write ?? stdio.writeStdoutSync;
-  // Synchronous writes: a line is complete on stdout before the next event,
-  // and nothing is left in a buffer when the process exits.
+  // The lines of one turn of the event loop go out in one synchronous write
+  // at the turn's end (a microtask): a reconnect storm logs two lines per
+  // socket, and a write per line cost a third of formatting it. Nothing
+  // waits past the turn, so a line is on stdout before the next I/O event;
+  // a warning or worse, an uncaught error and `flushLogging` write at once.
+  let pending = "";
+  const flush = (): void => {
+    if (pending === "") return;
+    const text = pending;
+    pending = "";
+    write(encoder.encode(text));
+  };
+  const lines = (record: LogRecord): void => {
+    if (pending === "") queueMicrotask(flush);
+    pending += formatter(record);
+    if (!BUFFERED_LEVELS.has(record.level) || pending.length > MAX_PENDING) {
+      flush();
+    }
+  };
   const sink = redactByField(
-    (record: LogRecord) => write(encoder.encode(formatter(record))),
+    Object.assign(lines, { [Symbol.dispose]: flush }),
     { fieldPatterns: REDACTED_FIELDS, action: () => "[REDACTED]" },
   );
+  if (installed === undefined) {
+    // Both run before the runtime reports the error and exits.
+    globalThis.addEventListener("error", () => flushPending());
+    globalThis.addEventListener("unhandledrejection", () => flushPending());
+  }
+  flushPending();
+  flushPending = flush;
   installed = { sink, storage: new AsyncLocalStorage() };
   apply(options.level);
   return Promise.resolve();
@@ -427,5 +451,19 @@ export function setLogLevel(level: LogLevelName): LogLevelName {
  * @returns Resolves when every pending line is written.
  */
 export async function flushLogging(): Promise<void> {
+  flushPending();
   await dispose();
 }
+
+/** Writes the lines waiting for the end of this turn of the event loop. */
+let flushPending = (): void => {};
+
+/** Levels whose lines may wait for the end of the turn. */
+const BUFFERED_LEVELS: ReadonlySet<LogLevel> = new Set([
+  "trace",
+  "debug",
+  "info",
+]);
+
+/** Characters of log lines held for one write at most (about 64 KiB). */
+const MAX_PENDING = 65_536;
