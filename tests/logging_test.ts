@@ -3,11 +3,14 @@
  */
 import assert from "node:assert/strict";
 import type { LogRecord } from "@logtape/logtape";
+import { redactByField } from "@logtape/redaction";
 import {
   flushLogging,
+  hasNoSecretField,
   jsonFormatter,
   logger,
   prettyFormatter,
+  REDACTED_FIELDS,
   REDACTION_PATTERNS,
   redactText,
   setupLogging,
@@ -259,4 +262,48 @@ Deno.test("an info line logged just before an uncaught error still reaches stdou
     assert.equal(lines.length, 1, how);
     assert.equal(JSON.parse(lines[0]!).message, "Last words", how);
   }
+});
+
+Deno.test("records skipping field redaction are exactly those it would leave as they are", () => {
+  const format = jsonFormatter("blue");
+  const viaLibrary = (r: LogRecord) => {
+    let out = "";
+    redactByField((x: LogRecord) => out = format(x), {
+      fieldPatterns: REDACTED_FIELDS,
+      action: () => "[REDACTED]",
+    })(r);
+    return out;
+  };
+  const templated = (
+    rawMessage: string,
+    properties: Record<string, unknown>,
+  ): LogRecord => ({
+    ...record(properties),
+    rawMessage,
+    message: rawMessage.split(/\{([^{}]*)\}/).map((part, i) =>
+      i % 2 === 0 ? part : properties[part]
+    ),
+  });
+  const plain = [
+    templated("WebSocket connected", { session_uuid: "s", count: 3 }),
+    templated("Closing WebSocket: {reason}", { reason: "x", close_code: 1008 }),
+    templated("Refusing {method} {path}", { method: "GET", path: "/a?b=c" }),
+  ];
+  for (const r of plain) {
+    assert.ok(hasNoSecretField(r), r.rawMessage as string);
+    assert.equal(format(r), viaLibrary(r));
+  }
+  const secret = [
+    templated("Login", { password: "hunter2" }),
+    templated("Token {token}", { token: "abc" }),
+    templated("Key {api_key}", {}),
+    templated("All {*}", { a: 1 }),
+    templated("Failed: {error}", { error: { token: "abc" } }),
+    { ...record({ a: 1 }), rawMessage: ["tagged ", ""] as unknown as string },
+  ];
+  for (const r of secret) {
+    assert.ok(!hasNoSecretField(r), String(r.rawMessage));
+  }
+  // And the library does change the first three.
+  for (const r of secret.slice(0, 3)) assert.notEqual(viaLibrary(r), format(r));
 });

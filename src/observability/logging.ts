@@ -242,6 +242,55 @@ export function eventBuilder(
   };
 }
 
+/** Field names already tested against {@link REDACTED_FIELDS}. */
+const secretNames = new Map<string, boolean>();
+
+/** Whether a field or placeholder name matches {@link REDACTED_FIELDS}. */
+function isSecretName(name: string): boolean {
+  let secret = secretNames.get(name);
+  if (secret === undefined) {
+    secret = REDACTED_FIELDS.some((pattern) => pattern.test(name));
+    // Names come from the code, so they are few; the bound guards a misuse.
+    if (secretNames.size < 4096) secretNames.set(name, secret);
+  }
+  return secret;
+}
+
+/** Message templates already searched for secret or wildcard placeholders. */
+const templatesWithSecrets = new Map<string, boolean>();
+
+/**
+ * Whether field redaction would leave a record as it is: no property named
+ * like a secret, no property holding an object (whose keys it would
+ * search), and a message template without a secret or `{*}` placeholder.
+ * Such records, the connection lines among them, skip the library's
+ * traversal and copy; any other goes through it.
+ *
+ * @param record A log record.
+ * @returns `true` when `redactByField` would change nothing.
+ */
+export function hasNoSecretField(record: LogRecord): boolean {
+  const template = record.rawMessage;
+  if (typeof template !== "string") return false;
+  let secret = templatesWithSecrets.get(template);
+  if (secret === undefined) {
+    secret = [...template.matchAll(/\{([^{}]*)\}/g)].some(([, name]) =>
+      name!.trim() === "*" || isSecretName(name!.trim())
+    );
+    if (templatesWithSecrets.size < 4096) {
+      templatesWithSecrets.set(template, secret);
+    }
+  }
+  if (secret) return false;
+  const properties = record.properties;
+  for (const key in properties) {
+    const value = properties[key];
+    if (typeof value === "object" && value !== null) return false;
+    if (isSecretName(key)) return false;
+  }
+  return true;
+}
+
 /**
  * Builds the JSON Lines formatter.
  *
@@ -407,9 +456,14 @@ export function setupLogging(options: LoggingOptions): Promise<void> {
       flush();
     }
   };
-  const sink = redactByField(
+  const byField = redactByField(
     Object.assign(lines, { [Symbol.dispose]: flush }),
     { fieldPatterns: REDACTED_FIELDS, action: () => "[REDACTED]" },
+  );
+  const sink = Object.assign(
+    (record: LogRecord) =>
+      hasNoSecretField(record) ? lines(record) : byField(record),
+    { [Symbol.dispose]: flush },
   );
   if (installed === undefined) {
     // Both run before the runtime reports the error and exits.
