@@ -463,7 +463,14 @@ export function setupLogging(options: LoggingOptions): Promise<void> {
   const sink = Object.assign(
     (record: LogRecord) =>
       hasNoSecretField(record) ? lines(record) : byField(record),
-    { [Symbol.dispose]: flush },
+    {
+      [Symbol.dispose]: flush,
+      // LogTape copies a record's properties before handing it to a sink
+      // that may keep it, unless the sink is marked as done with it on
+      // return (this registered symbol, what its own `markSinkAsImmediate`
+      // sets). This one formats the record before returning.
+      [Symbol.for("LogTape.sinkSnapshotPolicy.immediate")]: true,
+    },
   );
   if (installed === undefined) {
     // Both run before the runtime reports the error and exits.
