@@ -287,6 +287,11 @@ export class RedisSessionStore implements SessionStore {
         maxRetriesPerRequest: 0,
         // Keep trying for as long as the service runs, at most every 2 s.
         retryStrategy: (times) => Math.min(times * 100, 2000),
+        // The commands of one event-loop turn go out in one write: a
+        // reconnect storm attaches thousands of sessions at once, and a
+        // write per command cost more than the rest of the upgrade. Order
+        // on a connection is kept, so a WAIT still follows its writes.
+        enableAutoPipelining: true,
         ...options.ioredis,
       },
     );
