@@ -1,11 +1,13 @@
 /**
  * The HTTP surface as Hono apps built from route groups: the probes
- * (`/healthz`, `/readyz`), the WebSocket upgrade at `/ws/chat/`, the
- * operations routes (`/status`, `/metrics`) and the admin API (`/admin/…`,
- * `/debug/…`, in `admin/app.ts`), with the pages beside them (the client at
- * `/` with the upgrade, the operator page at `/admin/` with the admin API;
- * `pages.ts`), each app with request ids and HTTP metrics. One listener serves them all, or with `ADMIN_PORT` the public
- * port serves the probes and the upgrade and the admin port the rest.
+ * (`/healthz`, `/readyz`), the WebSocket upgrade at `/ws/chat/` (in
+ * `upgrade_route.ts`, which also serves it ahead of the app), the operations
+ * routes (`/status`, `/metrics`) and the admin API (`/admin/…`, `/debug/…`,
+ * in `admin/app.ts`), with the pages beside them (the client at `/` with the
+ * upgrade, the operator page at `/admin/` with the admin API; `pages.ts`),
+ * each app with request ids and HTTP metrics. One listener serves them all,
+ * or with `ADMIN_PORT` the public port serves the probes and the upgrade and
+ * the admin port the rest.
  *
  * @module
  */
