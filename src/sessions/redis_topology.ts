@@ -177,6 +177,8 @@ export class Topology {
         retryDelayOnClusterDown: 0,
         clusterRetryStrategy: options.retryStrategy ??
           ((times) => Math.min(times * 100, 2000)),
+        // As on each node: the commands of one turn in one write per node.
+        enableAutoPipelining: options.enableAutoPipelining,
         redisOptions: {
           ...nodeOptions,
           username: target.username,
