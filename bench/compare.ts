@@ -20,7 +20,7 @@
  * `bench/hold_client.ts`, one message each, then held: server RSS per held
  * socket over the idle server's; then SIGTERM: seconds to exit, the
  * `Drain complete` line's `shutdown_seconds`, `closed` and `forced`, and
- * the close codes the clients saw).
+ * the close codes and bye frames the clients saw).
  *
  * Targets: `bare` (bench/bare_server.ts), `memory` (sockeye, defaults),
  * `memory-quiet` (sockeye with LOG_LEVEL=warning: no per-connection lines),
@@ -673,6 +673,8 @@ async function held() {
     closed: number | undefined;
     forced: number | undefined;
     closes: Record<string, number>;
+    /** Bye frames the clients received. */
+    byes: number;
     errors: number;
   }
   const rows: HeldRow[] = [];
@@ -712,13 +714,16 @@ async function held() {
       const exitSeconds = (performance.now() - t0) / 1000;
       const drain = await started.drainLine();
       const closes: Record<string, number> = {};
+      let byes = 0;
       await Promise.all(clients.map(async (c) => {
         const timer = setTimeout(() => c.child.kill("SIGTERM"), 10_000);
-        const done = await nextJson(c.lines).catch(() => ({ closes: {} }));
+        const done: Record<string, unknown> = await nextJson(c.lines)
+          .catch(() => ({ closes: {} }));
         clearTimeout(timer);
         for (const [code, n] of Object.entries(done.closes ?? {})) {
           closes[code] = (closes[code] ?? 0) + (n as number);
         }
+        byes += (done.byes as number | undefined) ?? 0;
         await c.child.status;
       }));
       const row: HeldRow = {
@@ -734,6 +739,7 @@ async function held() {
         closed: drain?.closed as number | undefined,
         forced: drain?.forced as number | undefined,
         closes,
+        byes,
         errors,
       };
       rows.push(row);
@@ -743,9 +749,9 @@ async function held() {
   console.log(
     `| target | sockets held | RSS idle → held MiB | KiB per held socket (median of ${repeat}) | vs ${
       targets[0]!.name
-    } | SIGTERM → exit s | Drain complete: shutdown_seconds, closed, forced | client closes | errors |`,
+    } | SIGTERM → exit s | Drain complete: shutdown_seconds, closed, forced | client closes | byes | errors |`,
   );
-  console.log("|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
   const base = median(
     rows.filter((r) => r.target === targets[0]!.name).map((r) =>
       r.kibPerSocket
@@ -768,7 +774,7 @@ async function held() {
           }, ${last.closed}, ${last.forced}`
       } | ${
         Object.entries(last.closes).map(([k, v]) => `${k}=${v}`).join(" ")
-      } | ${rs.reduce((a, r) => a + r.errors, 0)} |`,
+      } | ${last.byes} | ${rs.reduce((a, r) => a + r.errors, 0)} |`,
     );
   }
 }

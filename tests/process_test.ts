@@ -378,14 +378,26 @@ function tally(results: StreamResult[]): string {
     `the right total, of ${results.length}`;
 }
 
-async function streamingDrain(secondSignal: boolean): Promise<void> {
-  const n = 500;
+/**
+ * Drains `n` streaming clients (see {@link openStreaming}) and `idle` idle
+ * ones, each counted once, and checks every one got its bye with the right
+ * total and 1001.
+ */
+async function streamingDrain(
+  secondSignal: boolean,
+  { n = 500, idle = 0 } = {},
+): Promise<void> {
   // With a second signal, a drain delay it must cut short.
   await using proc = await spawnServer({
     SHUTDOWN_TIMEOUT_S: "10",
     DRAIN_DELAY_S: secondSignal ? "6" : "0",
   });
   const url = `ws://127.0.0.1:${proc.port}/ws/chat/`;
+  const quiet = await openMany(url, idle);
+  await within(
+    Promise.all(quiet.map((c) => c.ask("x"))),
+    "a first count on every idle client",
+  );
   const { streaming, results } = await openStreaming(url, n);
   await within(streaming, "every client streaming");
   proc.child.kill("SIGTERM");
@@ -409,9 +421,13 @@ async function streamingDrain(secondSignal: boolean): Promise<void> {
       `client ${i}: ${summary}`,
     );
   });
+  for (const [i, c] of quiet.entries()) {
+    assert.equal((await c.closed).code, 1001, `idle client ${i}`);
+    assert.equal(c.received.at(-1), '{"bye": true, "total": 1}');
+  }
   const complete = JSON.parse(drainLines.at(-1)!);
   assert.equal(complete.message, "Drain complete");
-  assert.equal(complete.closed, n, summary);
+  assert.equal(complete.closed, n + idle, summary);
   assert.equal(complete.dropped, 0, summary);
   assert.equal(complete.forced, 0, summary);
   if (secondSignal) {
@@ -425,4 +441,8 @@ Deno.test("SIGTERM drains clients streaming at full speed: every one gets bye + 
 
 Deno.test("a second SIGTERM skips only DRAIN_DELAY_S: streaming clients still get bye + 1001", async () => {
   await streamingDrain(true);
+});
+
+Deno.test("idle sockets closed in the drain's first pass leave the streaming ones to finish: every one gets bye + 1001", async () => {
+  await streamingDrain(false, { n: 300, idle: 500 });
 });

@@ -120,6 +120,24 @@ Deno.test("Cluster: a turn's frames for sessions in many slots go as one script 
       await storedCounts(cluster.nodes, ids.slice(0, 5)),
       counts.slice(0, 5).map(String),
     );
+
+    // The drain's totals: one read per master too (a script, since MGET
+    // wants one slot); a session gone from Redis reads 0.
+    await redisCli(
+      Number(cluster.nodes.split(",")[0]!.split(":")[1]),
+      "-c",
+      "del",
+      `sockeye:session:{${ids[0]}}`,
+    );
+    for (const port of masters) await redisCli(port, "config", "resetstat");
+    const totals = await Promise.all(handles.map((h) => h.total()));
+    assert.deepEqual(totals, [0, ...counts.slice(1)]);
+    const reads = await Promise.all(masters.map(commandCalls));
+    for (const [i, c] of reads.entries()) {
+      assert.equal(c.evalsha, 1, `one read of totals at ${masters[i]}`);
+    }
+    // The script's own GETs, one per session: none sent on its own.
+    assert.equal(reads.reduce((a, c) => a + (c.get ?? 0), 0), ids.length);
   } finally {
     for (const h of handles) h.release();
     await store.close();

@@ -262,6 +262,67 @@ Deno.test("a session key holding no integer closes with 1011, counted as interna
   }
 });
 
+Deno.test("SIGTERM with Redis: every socket gets its stored total and 1001; the totals are read in batches, not a GET each", async () => {
+  await using redis = await startRedis();
+  await using proc = await spawnServer({ REDIS_URL: redis.url });
+  const url = `ws://127.0.0.1:${proc.port}/ws/chat/`;
+  await until(async () => {
+    const res = await fetch(`http://127.0.0.1:${proc.port}/readyz`);
+    await res.body?.cancel();
+    return res.status === 200;
+  }, "ready");
+  const n = 600;
+  const clients: TestClient[] = [];
+  for (let i = 0; i < n; i += 100) {
+    clients.push(
+      ...await Promise.all(
+        Array.from({ length: 100 }, () => TestClient.open(url)),
+      ),
+    );
+  }
+  // One to three frames each; one session expires (deleted) before the bye.
+  await Promise.all(clients.map(async (c, i) => {
+    for (let k = 1; k <= i % 3 + 1; k++) {
+      assert.equal(await c.ask("m"), `{"count": ${k}}`);
+    }
+  }));
+  const inspect = new Redis(redis.url);
+  try {
+    const [gone] = await inspect.keys("sockeye:session:*");
+    await inspect.del(gone!);
+    await inspect.config("RESETSTAT");
+    proc.child.kill("SIGTERM");
+    assert.equal((await within(proc.status, "exit after SIGTERM")).code, 0);
+    const totals = await Promise.all(clients.map(async (c) => {
+      assert.equal((await c.closed).code, 1001);
+      return c.received.at(-1);
+    }));
+    const expected = clients.map((_, i) =>
+      `{"bye": true, "total": ${i % 3 + 1}}`
+    );
+    const missing = totals.findIndex((t, i) => t !== expected[i]);
+    assert.equal(totals[missing], '{"bye": true, "total": 0}');
+    totals.splice(missing, 1);
+    expected.splice(missing, 1);
+    assert.deepEqual(totals, expected);
+    const stats = await inspect.info("commandstats");
+    const calls = (name: string) =>
+      Number(
+        stats.match(new RegExp(`^cmdstat_${name}:calls=(\\d+)`, "m"))?.[1] ?? 0,
+      );
+    // 600 totals: two MGETs of at most 512 keys.
+    assert.equal(calls("mget"), 2);
+    assert.equal(calls("get"), 0);
+  } finally {
+    await inspect.quit();
+  }
+  const complete = JSON.parse(
+    proc.lines.find((l) => l.includes('"Drain complete"'))!,
+  );
+  assert.equal(complete.closed, n);
+  assert.equal(complete.forced, 0);
+});
+
 Deno.test("Redis unreachable at start: the service starts, stays not ready, refuses upgrades, then recovers", async () => {
   await using redis = await startRedis();
   await redis.kill();

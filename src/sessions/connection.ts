@@ -43,7 +43,7 @@ import { type SessionHandle, StoreUnavailableError } from "./store.ts";
  * closes it, in ms: longer than a round trip plus a busy client's pause, so
  * the frames a client sent before it read the bye have all arrived.
  */
-const QUIET_MS = 500;
+export const QUIET_MS = 500;
 
 /**
  * The error messages with which Deno 2.9's WebSocket (fastwebsockets 0.8)
@@ -280,21 +280,46 @@ export class Connection {
    * afterwards are ignored (not counted); {@link closeWhenQuiet} closes the
    * socket once they stop.
    *
-   * @returns When the bye was sent, or at once for a socket not open.
+   * @returns Nothing once the bye was sent (the memory store answers at
+   *   once: no promise per socket), or a promise resolved when it was sent
+   *   or failed (a store over the network). Never rejects.
    */
-  async sayGoodbye(): Promise<void> {
+  sayGoodbye(): Promise<void> | undefined {
     this.#quietSeen = this.#ignored;
     this.#quietSince = performance.now();
     if (!this.open || this.#closing) return;
     // Stop counting first, so the total read next is the final one.
     this.#closing = true;
+    let total: number | Promise<number>;
     try {
-      this.socket.send(byeFrame(await this.session.total()));
+      total = this.session.total();
     } catch (error) {
-      this.#log.warning("Cannot send bye frame: {error}", { error });
+      this.#byeFailed(error);
+      return;
     }
+    if (typeof total === "number") {
+      this.#sendBye(total);
+      return;
+    }
+    return total.then(
+      (n) => this.#sendBye(n),
+      (error) => this.#byeFailed(error),
+    );
+  }
+
+  #sendBye(total: number): void {
+    try {
+      this.socket.send(byeFrame(total));
+    } catch (error) {
+      return this.#byeFailed(error);
+    }
+    // The client can only stop once it has the bye: quiet counts from here.
     this.#quietSeen = this.#ignored;
     this.#quietSince = performance.now();
+  }
+
+  #byeFailed(error: unknown): void {
+    this.#log.warning("Cannot send bye frame: {error}", { error });
   }
 
   /**
@@ -303,18 +328,21 @@ export class Connection {
    * `last`.
    *
    * @param now `performance.now()` of this poll.
-   * @param late Whether the poll ran late (a blocked event loop may hold
-   *   unread frames, so it proves no quiet).
+   * @param sure Whether the poll ran on time. A late one (the event loop was
+   *   blocked) may leave frames unread: it notes what arrived but closes
+   *   nothing, and the next poll on time decides.
    * @param last Whether this is the last poll (the linger ended).
    * @returns `true` while the socket should be polled again.
    */
-  closeWhenQuiet(now: number, late: boolean, last: boolean): boolean {
+  closeWhenQuiet(now: number, sure: boolean, last: boolean): boolean {
     if (this.#done) return false;
-    if (late || this.#ignored !== this.#quietSeen) {
+    if (this.#ignored !== this.#quietSeen) {
       this.#quietSeen = this.#ignored;
       this.#quietSince = now;
     }
-    if (!last && now - this.#quietSince < QUIET_MS && this.open) return true;
+    if (
+      !last && this.open && (!sure || now - this.#quietSince < QUIET_MS)
+    ) return true;
     this.#close(CloseCode.goingAway, "server shutting down");
     return false;
   }

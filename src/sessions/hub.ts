@@ -15,6 +15,7 @@ import {
   type ConnectionDeps,
   type ConnectionInfo,
   type ConnectionOwner,
+  QUIET_MS,
 } from "./connection.ts";
 import type { FrameLimits } from "./frame_limits.ts";
 import type { CloseRefusal } from "./refusals.ts";
@@ -191,10 +192,14 @@ export class Hub implements ConnectionOwner {
     const conns = [...this.#connections];
     if (conns.length === 0) return { closed: 0, dropped: 0, forced: 0 };
     this.#emptied = Promise.withResolvers();
-    await withDeadline(
-      Promise.all(conns.map((conn) => conn.sayGoodbye())),
-      deadline,
-    );
+    // The memory store's totals are at hand: one loop sends every bye, and
+    // only a store over the network leaves promises to wait for.
+    const byes: Promise<void>[] = [];
+    for (const conn of conns) {
+      const sent = conn.sayGoodbye();
+      if (sent !== undefined) byes.push(sent);
+    }
+    if (byes.length > 0) await withDeadline(Promise.all(byes), deadline);
     const now = performance.now();
     const lingerEnd = Math.min(now + MAX_LINGER_MS, (now + deadline) / 2);
     await this.#closeWhenQuiet(conns, lingerEnd);
@@ -211,23 +216,29 @@ export class Hub implements ConnectionOwner {
 
   /**
    * Closes each socket with 1001 once its client has stopped sending, and
-   * every socket at `lingerEnd`: one timer polls them all.
+   * every socket at `lingerEnd`. No socket is quiet before `QUIET_MS` after
+   * the last bye, so the first pass waits that long and closes every idle
+   * socket at once; later passes, every `QUIET_POLL_MS`, walk only the
+   * sockets still sending.
    */
   async #closeWhenQuiet(
     conns: readonly Connection[],
     lingerEnd: number,
   ): Promise<void> {
     let pending = conns;
-    let now = performance.now();
+    let wait = QUIET_MS;
     while (pending.length > 0) {
-      const polled = now;
-      await new Promise((resolve) => setTimeout(resolve, QUIET_POLL_MS));
-      now = performance.now();
-      // After a blocked event loop, frames that arrived meanwhile may not
-      // have been read yet: a late poll proves no quiet.
-      const late = now - polled > 2 * QUIET_POLL_MS;
+      wait = Math.max(0, Math.min(wait, lingerEnd - performance.now()));
+      const due = performance.now() + wait;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      const now = performance.now();
+      // A timer that fired late says the event loop was blocked, and frames
+      // that arrived meanwhile may not have been read yet: that pass only
+      // notes activity, the next one on time decides.
+      const sure = now - due <= QUIET_POLL_MS;
       const last = now >= lingerEnd;
-      pending = pending.filter((conn) => conn.closeWhenQuiet(now, late, last));
+      pending = pending.filter((conn) => conn.closeWhenQuiet(now, sure, last));
+      wait = QUIET_POLL_MS;
     }
   }
 }

@@ -148,9 +148,29 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return {0, redis.call('GET', KEYS[1])}`;
 
 /**
+ * The drain's totals on a Cluster master: ARGV holds session keys in any
+ * slot it serves (undeclared; it writes nothing). Per key its count, false
+ * when missing, -3 for one this master does not serve (its slot moved).
+ */
+const GET_MANY_CLUSTER = `#!lua flags=no-writes,allow-cross-slot-keys
+local out = {}
+for i = 1, #ARGV do
+  local v = redis.pcall('GET', ARGV[i])
+  if type(v) == 'table' and v.err then
+    if not string.find(v.err, 'non local key', 1, true) then
+      return redis.error_reply(v.err)
+    end
+    v = ${NOT_HERE}
+  end
+  out[i] = v
+end
+return out`;
+
+/**
  * The store's scripts, compiled once: `server` for one server or Sentinel
  * (session keys declared), `cluster` for a Cluster master (session keys
- * undeclared, in any slot it serves), `lookup` and `attach` for both.
+ * undeclared, in any slot it serves; `getMany` reads the drain's totals),
+ * `lookup` and `attach` for both.
  */
 export const SCRIPTS = {
   server: {
@@ -160,6 +180,7 @@ export const SCRIPTS = {
   cluster: {
     incrementMany: luaScript(incrementManyLua(true)),
     withdraw: luaScript(withdrawLua(true)),
+    getMany: luaScript(GET_MANY_CLUSTER),
   },
   lookup: luaScript(LOOKUP_SCRIPT),
   attach: luaScript(ATTACH_SCRIPT),

@@ -93,6 +93,7 @@ import {
   StoreUnavailableError,
 } from "./store.ts";
 import {
+  evalScript,
   isNoScript,
   type RedisTarget,
   type Shard,
@@ -105,6 +106,7 @@ import {
   CONNECT_TIMEOUT_MS,
   isReplicaRefusal,
   isReplyError,
+  MAX_BATCH,
   MAX_IN_FLIGHT,
   parseCount,
   ReplicasMissingError,
@@ -112,7 +114,7 @@ import {
   translate,
   WAIT_TIMEOUT_MS,
 } from "./redis_commands.ts";
-import { NOT_ASKED, SCRIPTS } from "./redis_scripts.ts";
+import { NOT_ASKED, NOT_HERE, SCRIPTS } from "./redis_scripts.ts";
 import { type BatchReply, IncrementBatcher } from "./redis_batcher.ts";
 import {
   lookUpDoubtful,
@@ -185,7 +187,7 @@ class RedisHandle implements SessionHandle {
   }
 
   total(): Promise<number> {
-    return this.#store.total(this.#key);
+    return this.#store.total(this.#key, this.#slot);
   }
 
   release(): void {
@@ -193,6 +195,12 @@ class RedisHandle implements SessionHandle {
     this.#released = true;
     this.#store.release(this.id);
   }
+}
+
+/** A bye's total, waiting for the read of its turn. */
+interface TotalRead {
+  readonly key: string;
+  readonly waiter: PromiseWithResolvers<number>;
 }
 
 /** Sessions in Redis through ioredis: one server, Sentinel or Cluster. */
@@ -248,6 +256,12 @@ export class RedisSessionStore implements SessionStore {
   readonly #alone = new Set<string>();
   /** Redis's clock offsets per master. */
   readonly #clock = new RedisClock();
+  /**
+   * Totals asked for in this event-loop turn, by master. The drain asks for
+   * every socket's at once: one read per master and {@link MAX_BATCH} keys
+   * answers them, rather than a command (and a timer) per socket.
+   */
+  #totals = new Map<Shard, TotalRead[]>();
 
   /**
    * Creates the client; {@link start} connects in the background, and the
@@ -450,9 +464,24 @@ export class RedisSessionStore implements SessionStore {
       : Promise.reject(this.#downError);
   }
 
-  /** @internal The durable count now, 0 for an expired session. */
-  async total(key: string): Promise<number> {
-    if (!this.#up) throw this.#downError;
+  /**
+   * @internal The durable count now, 0 for an expired session. Read with
+   * the other totals asked for in the same turn (see {@link #totals}).
+   */
+  total(key: string, slot: number): Promise<number> {
+    if (!this.#up) return Promise.reject(this.#downError);
+    const shard = this.#topology.shardOf(slot);
+    if (shard === undefined) return this.#totalOf(key);
+    if (this.#totals.size === 0) queueMicrotask(() => this.#readTotals());
+    let reads = this.#totals.get(shard);
+    if (reads === undefined) this.#totals.set(shard, reads = []);
+    const waiter = Promise.withResolvers<number>();
+    reads.push({ key, waiter });
+    return waiter.promise;
+  }
+
+  /** One total on its own, through the client (which follows `MOVED`). */
+  async #totalOf(key: string): Promise<number> {
     let reply: string | null;
     try {
       reply = await this.#timed(this.#topology.client.get(key), "GET");
@@ -460,6 +489,45 @@ export class RedisSessionStore implements SessionStore {
       throw this.#failure(error);
     }
     return reply === null ? 0 : parseCount(reply, key);
+  }
+
+  #readTotals(): void {
+    const totals = this.#totals;
+    this.#totals = new Map();
+    for (const [shard, reads] of totals) {
+      for (let i = 0; i < reads.length; i += MAX_BATCH) {
+        this.#readBatch(shard, reads.slice(i, i + MAX_BATCH));
+      }
+    }
+  }
+
+  /** Reads a batch of totals from one master; settles every waiter. */
+  async #readBatch(shard: Shard, reads: TotalRead[]): Promise<void> {
+    const keys = reads.map((read) => read.key);
+    let values: unknown[];
+    try {
+      values = await this.#timed(
+        // A Cluster master serves many slots, and MGET wants one.
+        this.#topology.clustered
+          ? evalScript(shard.conn, SCRIPTS.cluster.getMany, [0, ...keys])
+            .then((reply) => reply as unknown[])
+          : shard.conn.mget(keys),
+        `MGET of ${keys.length} keys`,
+      );
+    } catch (error) {
+      const failure = this.#failure(error);
+      for (const { waiter } of reads) waiter.reject(failure);
+      return;
+    }
+    reads.forEach(({ key, waiter }, i) => {
+      const value = values[i];
+      try {
+        if (value === NOT_HERE) waiter.resolve(this.#totalOf(key));
+        else waiter.resolve(value === null ? 0 : parseCount(value, key));
+      } catch (error) {
+        waiter.reject(error);
+      }
+    });
   }
 
   /** @internal A connection let go of a session: its TTL runs from now. */
