@@ -211,6 +211,9 @@ export function checkHandshake(headers: Headers): Refused | undefined {
   return undefined;
 }
 
+/** {@link Admitted.watch} without a token expiry: nothing to arm. */
+function noWatch(): void {}
+
 /** Admits upgrades; one per server. */
 export class Admission {
   readonly #deps: AdmissionDeps;
@@ -374,8 +377,6 @@ export class Admission {
         error,
       );
     }
-    let cancelExpiry: (() => void) | undefined;
-    let released = false;
     return {
       sessionId,
       session,
@@ -385,8 +386,29 @@ export class Admission {
       remoteAddr: client.remoteAddr,
       userId: subject,
       expiresAt,
+      ...this.#holds(releaseSlot, expiresAt),
+    };
+  }
+
+  /**
+   * `watch` and `release` for an admitted upgrade. An open socket keeps its
+   * `release`: without a token expiry that is the slot's own release
+   * (idempotent; one shared no-op without a per-client cap), so a socket
+   * keeps a closure of admission's (about 130 bytes) only when it has a
+   * token expiry to cancel.
+   */
+  #holds(
+    releaseSlot: () => void,
+    expiresAt: number | undefined,
+  ): Pick<Admitted, "watch" | "release"> {
+    if (expiresAt === undefined) {
+      return { watch: noWatch, release: releaseSlot };
+    }
+    let cancelExpiry: (() => void) | undefined;
+    let released = false;
+    return {
       watch: (expire) => {
-        if (expiresAt === undefined || released) return;
+        if (released) return;
         cancelExpiry = this.#expiry.add(expiresAt, expire);
       },
       release: () => {
