@@ -21,7 +21,7 @@ import { limitKey } from "./client_address.ts";
 import { ClientLimits } from "./client_limits.ts";
 import { SUBPROTOCOL } from "./frames.ts";
 import { type HttpRefusal, REFUSALS } from "./refusals.ts";
-import { SessionIds } from "./session_ids.ts";
+import { randomUuid, SessionIds } from "./session_ids.ts";
 import {
   SessionForbiddenError,
   type SessionHandle,
@@ -152,7 +152,7 @@ export interface AdmissionDeps {
 export function sessionIdFrom(url: URL): string | Refused {
   const requested = requestedSessionId(url);
   if (requested instanceof Refused) return requested;
-  return requested?.value ?? crypto.randomUUID();
+  return requested?.value ?? randomUuid();
 }
 
 /** The session id a client asked for, and the parameter that named it. */
