@@ -21,7 +21,7 @@ import { limitKey } from "./client_address.ts";
 import { ClientLimits } from "./client_limits.ts";
 import { SUBPROTOCOL } from "./frames.ts";
 import { type HttpRefusal, REFUSALS } from "./refusals.ts";
-import { SessionIds } from "./session_ids.ts";
+import { randomUuid, SessionIds } from "./session_ids.ts";
 import {
   SessionForbiddenError,
   type SessionHandle,
@@ -152,7 +152,7 @@ export interface AdmissionDeps {
 export function sessionIdFrom(url: URL): string | Refused {
   const requested = requestedSessionId(url);
   if (requested instanceof Refused) return requested;
-  return requested?.value ?? crypto.randomUUID();
+  return requested?.value ?? randomUuid();
 }
 
 /** The session id a client asked for, and the parameter that named it. */
@@ -210,6 +210,9 @@ export function checkHandshake(headers: Headers): Refused | undefined {
   }
   return undefined;
 }
+
+/** {@link Admitted.watch} without a token expiry: nothing to arm. */
+function noWatch(): void {}
 
 /** Admits upgrades; one per server. */
 export class Admission {
@@ -374,8 +377,6 @@ export class Admission {
         error,
       );
     }
-    let cancelExpiry: (() => void) | undefined;
-    let released = false;
     return {
       sessionId,
       session,
@@ -385,8 +386,29 @@ export class Admission {
       remoteAddr: client.remoteAddr,
       userId: subject,
       expiresAt,
+      ...this.#holds(releaseSlot, expiresAt),
+    };
+  }
+
+  /**
+   * `watch` and `release` for an admitted upgrade. An open socket keeps its
+   * `release`: without a token expiry that is the slot's own release
+   * (idempotent; one shared no-op without a per-client cap), so a socket
+   * keeps a closure of admission's (about 130 bytes) only when it has a
+   * token expiry to cancel.
+   */
+  #holds(
+    releaseSlot: () => void,
+    expiresAt: number | undefined,
+  ): Pick<Admitted, "watch" | "release"> {
+    if (expiresAt === undefined) {
+      return { watch: noWatch, release: releaseSlot };
+    }
+    let cancelExpiry: (() => void) | undefined;
+    let released = false;
+    return {
       watch: (expire) => {
-        if (expiresAt === undefined || released) return;
+        if (released) return;
         cancelExpiry = this.#expiry.add(expiresAt, expire);
       },
       release: () => {

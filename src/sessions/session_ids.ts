@@ -21,6 +21,23 @@ const NONCE_LENGTH = 22;
 // from meaning anything outside session ids (and names the format's version).
 const LABEL = "sockeye session id v1\n";
 
+/**
+ * A random UUID v4 (RFC 9562) that keeps no other string alive, for the ids
+ * an open socket holds (session, connection, request).
+ *
+ * Deno 2.9's `crypto.randomUUID()` returns a slice of one string holding 128
+ * UUIDs, and a slice keeps that whole string (4.6 KB) alive: a socket held
+ * while others come and go keeps one such string of its own, a quarter of
+ * what a bare Deno server spends per socket (measured: 6.7 → 11.7 KB of heap
+ * per held socket with 400 requests between sockets). Changing the case twice
+ * copies the characters into a string of their own (about 10 ns).
+ *
+ * @returns 36 characters, lowercase.
+ */
+export function randomUuid(): string {
+  return crypto.randomUUID().toUpperCase().toLowerCase();
+}
+
 /** Issues and checks session ids. */
 export class SessionIds {
   readonly #secret: string | undefined;
@@ -47,7 +64,7 @@ export class SessionIds {
    * @returns A MAC'd id (44 characters), or a UUID v4 without a secret.
    */
   issue(subject?: string): string {
-    if (this.#secret === undefined) return crypto.randomUUID();
+    if (this.#secret === undefined) return randomUuid();
     const nonce = Buffer.from(crypto.getRandomValues(new Uint8Array(16)))
       .toString("base64url");
     return nonce + this.#mac(nonce, subject);
