@@ -27,6 +27,7 @@ import type { TrustedProxies } from "./sessions/client_address.ts";
 import { SUBPROTOCOL } from "./sessions/frames.ts";
 import type { Hub } from "./sessions/hub.ts";
 import { REFUSALS } from "./sessions/refusals.ts";
+import { randomUuid } from "./sessions/session_ids.ts";
 import type { SessionStore } from "./sessions/store.ts";
 
 /** The request id header, read and echoed on every response. */
@@ -40,7 +41,8 @@ const REQUEST_ID_FORBIDDEN = /[^\w\-=]/;
 
 /**
  * The request's id: the client's `X-Request-ID` when it is at most 128
- * word characters, `-` or `=`, else a new UUID.
+ * word characters, `-` or `=`, else a new UUID (a string of its own: see
+ * `randomUuid`).
  *
  * @param header The header's value, or `null`.
  * @returns The id to log and echo.
@@ -49,7 +51,7 @@ export function requestIdFrom(header: string | null): string {
   return header && header.length <= REQUEST_ID_MAX_LENGTH &&
       !REQUEST_ID_FORBIDDEN.test(header)
     ? header
-    : crypto.randomUUID();
+    : randomUuid();
 }
 
 /**

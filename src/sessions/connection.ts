@@ -36,6 +36,7 @@ import {
   type DropRefusal,
   REFUSALS,
 } from "./refusals.ts";
+import { randomUuid } from "./session_ids.ts";
 import { type SessionHandle, StoreUnavailableError } from "./store.ts";
 
 /**
@@ -104,16 +105,14 @@ export interface ConnectionDeps {
 /** One accepted WebSocket and its session. */
 export class Connection {
   /** Random id naming this connection in logs. */
-  readonly id: string = crypto.randomUUID();
+  readonly id: string = randomUuid();
   /** The server side of the socket. */
   readonly socket: WebSocket;
   /** The session this connection counts for. */
   readonly session: SessionHandle;
   /** Client facts from the upgrade: address, user agent, request id. */
   readonly info: ConnectionInfo;
-  /** When the socket was accepted, in ms since the Unix epoch. */
-  readonly connectedAt: number = Date.now();
-  readonly #log: Logger;
+  readonly #parentLog: Logger;
   readonly #span: Span | undefined;
   readonly #owner: ConnectionOwner;
   readonly #metrics: Metrics;
@@ -163,6 +162,7 @@ export class Connection {
     this.session = session;
     this.info = info;
     this.#owner = owner;
+    this.#parentLog = deps.log;
     // Tracing off (the default): no attributes to build.
     const span = this.#span = deps.tracing.enabled
       ? startConnectionSpan(deps.tracing, {
@@ -174,15 +174,6 @@ export class Connection {
         ...(info.userId !== undefined && { "enduser.id": info.userId }),
       })
       : undefined;
-    this.#log = deps.log.with({
-      connection_id: this.id,
-      session_uuid: session.id,
-      request_id: info.requestId,
-      remote_addr: info.remoteAddr,
-      user_agent: info.userAgent,
-      ...(info.userId !== undefined && { user_id: info.userId }),
-      ...(span && logIds(span)),
-    });
     this.#frameRatio = span === undefined ? 0 : deps.tracing.frameRatio;
     this.#metrics = deps.metrics;
     this.#frames = deps.metrics.frames;
@@ -194,9 +185,33 @@ export class Connection {
       ? new RateLimiter(rateLimitPerS)
       : undefined;
     socket.addEventListener("message", this);
-    socket.addEventListener("open", this);
+    // Once: a listener kept after its event costs each socket 256 bytes.
+    socket.addEventListener("open", this, { once: true });
     socket.addEventListener("error", this);
     socket.addEventListener("close", this);
+  }
+
+  /** When the socket was accepted, in ms since the Unix epoch. */
+  get connectedAt(): number {
+    return Math.round(performance.timeOrigin + this.#openedAt);
+  }
+
+  /**
+   * The connection's logger, made when a line is logged: a child logger kept
+   * per socket costs 120 bytes, and a socket logs a line or two in its life.
+   */
+  get #log(): Logger {
+    const info = this.info;
+    const span = this.#span;
+    return this.#parentLog.with({
+      connection_id: this.id,
+      session_uuid: this.session.id,
+      request_id: info.requestId,
+      remote_addr: info.remoteAddr,
+      user_agent: info.userAgent,
+      ...(info.userId !== undefined && { user_id: info.userId }),
+      ...(span && logIds(span)),
+    });
   }
 
   /** Whether the socket is open (`readyState` OPEN). */
