@@ -359,11 +359,45 @@ export interface LoggingOptions {
 }
 
 /**
- * Level flags the frame path reads before logging at debug: a property load
- * per frame instead of a call into LogTape. Kept in step with the level in
- * force by {@link setupLogging} and {@link setLogLevel}.
+ * Level flags the frame path reads before logging at debug, and the
+ * connection lines before logging at info: a property load instead of a
+ * call into LogTape. Kept in step with the level in force by
+ * {@link setupLogging} and {@link setLogLevel}.
  */
-export const levelFlags: { debug: boolean } = { debug: false };
+export const levelFlags: { debug: boolean; info: boolean } = {
+  debug: false,
+  info: true,
+};
+
+/**
+ * Logs one line with every field given, through LogTape's record API
+ * (`Logger.emit`): the same filters, sinks, redaction and format as any
+ * line, without building a record whose message and merged properties are
+ * worked out lazily. For the lines every connection logs (a reconnect storm
+ * writes two per socket); call it only when the level lets the line through
+ * (see {@link levelFlags}).
+ *
+ * @param log The logger whose category the line takes.
+ * @param level The line's level.
+ * @param message The message, without placeholders.
+ * @param properties Every field of the line.
+ */
+export function emitLine(
+  log: Logger,
+  level: LogLevel,
+  message: string,
+  properties: Record<string, unknown>,
+): void {
+  // With its category the record goes to the logger's sinks as it is.
+  log.emit({
+    category: log.category,
+    level,
+    timestamp: Date.now(),
+    message: [message],
+    rawMessage: message,
+    properties,
+  } as LogRecord);
+}
 
 /** What {@link setLogLevel} reconfigures with: the sink and context store. */
 let installed:
@@ -390,6 +424,7 @@ const ORDER: readonly LogLevelName[] = [
 function apply(level: LogLevelName): void {
   current = level;
   levelFlags.debug = level === "debug";
+  levelFlags.info = ORDER.indexOf(level) <= ORDER.indexOf("info");
   if (installed === undefined) return;
   configureSync({
     reset: true,

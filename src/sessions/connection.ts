@@ -13,7 +13,7 @@
 import type { Logger } from "@logtape/logtape";
 import type { Span } from "@opentelemetry/api";
 import type { FrameStats, Metrics } from "../observability/metrics.ts";
-import { levelFlags } from "../observability/logging.ts";
+import { emitLine, levelFlags } from "../observability/logging.ts";
 import { IDLE_CLOSE_REASON } from "../platform.ts";
 import {
   logIds,
@@ -214,6 +214,25 @@ export class Connection {
     });
   }
 
+  /**
+   * The connect and disconnect lines at info, with the connection's fields
+   * (the same as {@link #log}'s) written out in one object.
+   */
+  #line(message: string, fields: Record<string, unknown>): void {
+    const info = this.info;
+    const span = this.#span;
+    emitLine(this.#parentLog, "info", message, {
+      connection_id: this.id,
+      session_uuid: this.session.id,
+      request_id: info.requestId,
+      remote_addr: info.remoteAddr,
+      user_agent: info.userAgent,
+      ...(info.userId !== undefined && { user_id: info.userId }),
+      ...(span && logIds(span)),
+      ...fields,
+    });
+  }
+
   /** Whether the socket is open (`readyState` OPEN). */
   get open(): boolean {
     return this.socket.readyState === WebSocket.OPEN;
@@ -364,10 +383,12 @@ export class Connection {
 
   #onOpen(): void {
     const session = this.session;
-    this.#log.info("WebSocket connected", {
-      resumed: session.resumed,
-      count: session.initialCount,
-    });
+    if (levelFlags.info) {
+      this.#line("WebSocket connected", {
+        resumed: session.resumed,
+        count: session.initialCount,
+      });
+    }
     if (this.info.wantsSessionFrame) {
       this.socket.send(
         sessionFrame(session.id, session.initialCount, session.resumed),
@@ -528,12 +549,14 @@ export class Connection {
         close_code: code,
       });
     }
-    this.#log.info("WebSocket disconnected", {
-      close_code: code,
-      close_reason: event.reason,
-      duration_ms: Math.round(performance.now() - this.#openedAt),
-      messages: this.#messages,
-    });
+    if (levelFlags.info) {
+      this.#line("WebSocket disconnected", {
+        close_code: code,
+        close_reason: event.reason,
+        duration_ms: Math.round(performance.now() - this.#openedAt),
+        messages: this.#messages,
+      });
+    }
     if (span !== undefined) {
       span.setAttributes({
         "sockeye.close.code": code,
