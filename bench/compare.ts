@@ -22,7 +22,9 @@
  * `Drain complete` line's `shutdown_seconds`, `closed` and `forced`, and
  * the close codes and bye frames the clients saw).
  *
- * Targets: `bare` (bench/bare_server.ts), `memory` (sockeye, defaults),
+ * Targets: `bare` (bench/bare_server.ts), `bare-drain` (the same with
+ * sockeye's drain protocol on SIGTERM: bye, 500 ms, 1001; for `--mode
+ * held`), `memory` (sockeye, defaults),
  * `memory-quiet` (sockeye with LOG_LEVEL=warning: no per-connection lines),
  * `redis` (sockeye with REDIS_URL; starts its own redis-server),
  * `redis-cluster` (sockeye with REDIS_CLUSTER_NODES; starts its own Redis
@@ -374,7 +376,7 @@ const repeat = Number(values.repeat);
 const cleanups: Array<() => Promise<void>> = [];
 const targets: Target[] = [];
 for (const name of values.targets.split(",")) {
-  if (name === "bare") {
+  if (name === "bare" || name === "bare-drain") {
     targets.push({
       name,
       async start(port, capture) {
@@ -384,6 +386,7 @@ for (const name of values.targets.split(",")) {
             "--allow-net",
             `${ROOT}bench/bare_server.ts`,
             String(port),
+            ...(name === "bare-drain" ? ["--drain"] : []),
           ],
           {},
           capture,
