@@ -5,8 +5,10 @@ import assert from "node:assert/strict";
 import type { LogRecord } from "@logtape/logtape";
 import { redactByField } from "@logtape/redaction";
 import {
+  eventBuilder,
   flushLogging,
   hasNoSecretField,
+  isoTimestamps,
   jsonFormatter,
   logger,
   prettyFormatter,
@@ -67,6 +69,51 @@ Deno.test("errors are logged as type and message", () => {
     jsonFormatter("blue")(record({ error: new TypeError("boom") })),
   );
   assert.deepEqual(line.error, { type: "TypeError", message: "boom" });
+});
+
+Deno.test("a JSON line is the event object, serialised by JSON.stringify", () => {
+  const format = jsonFormatter('blue "b"');
+  const build = eventBuilder('blue "b"');
+  const fields: Record<string, unknown>[] = [
+    {},
+    { connection_id: crypto.randomUUID(), count: 0, resumed: false },
+    { user_agent: "bot (jane@example.com)", close_reason: "token=abc&x=1" },
+    { note: "card 4111 1111 1111 1111", url: "redis://u:pw@h:6379/0" },
+    { nan: NaN, inf: -Infinity, zero: -0, big: 1e21, tiny: 5e-7 },
+    { none: undefined, nothing: null, fn: () => 1, sym: Symbol("s") },
+    { error: new RangeError("bad token=abc"), nested: { a: [1, "x@y.z"] } },
+    { message: "shadowed", level: "shadowed", color: "x", timestamp: 1 },
+    { 'quo"te': "\u2028 line\nbreak \ud800", "ünï": "çödé" },
+    { trace_id: "t", span_id: "s" },
+    { span_id: "s" },
+  ];
+  const times = [
+    Date.UTC(2026, 10, 23, 10, 0, 0, 0),
+    Date.UTC(2026, 10, 23, 10, 0, 0, 7),
+    Date.UTC(2026, 10, 23, 10, 0, 0, 99),
+    Date.UTC(2026, 10, 23, 10, 0, 1, 999),
+    0,
+    1.5,
+    -1,
+    Date.UTC(10000, 0, 1),
+  ];
+  for (const properties of fields) {
+    for (const timestamp of times) {
+      const r = { ...record(properties), timestamp };
+      assert.equal(format(r), JSON.stringify(build(r)) + "\n");
+    }
+  }
+});
+
+Deno.test("timestamps formatted a second at a time match Date#toISOString", () => {
+  const iso = isoTimestamps();
+  const start = Date.UTC(2026, 10, 23, 23, 59, 58, 990);
+  for (let ms = start; ms < start + 2_100; ms += 7) {
+    assert.equal(iso(ms), new Date(ms).toISOString());
+  }
+  for (const ms of [0, 999, 1000, 0.5, -1, 253_402_300_799_999, 8.64e15]) {
+    assert.equal(iso(ms), new Date(ms).toISOString());
+  }
 });
 
 Deno.test("the pretty format is one readable line", () => {

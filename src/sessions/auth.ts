@@ -130,17 +130,20 @@ export interface AuthenticatorOptions {
  * scheme in `Authorization` counts as no credentials (RFC 6750 §3.1).
  *
  * @param headers The request's headers.
- * @param url The request's URL.
+ * @param query The request URL's query parameters.
  * @returns The token, or `undefined` when the request carries none.
  */
-export function tokenFrom(headers: Headers, url: URL): string | undefined {
+export function tokenFrom(
+  headers: Headers,
+  query: URLSearchParams,
+): string | undefined {
   const authorization = headers.get("authorization");
   if (authorization !== null) {
     const match = /^bearer +([^ ]+) *$/i.exec(authorization);
     if (match) return match[1];
   }
-  const query = url.searchParams.get("token");
-  return query === null || query === "" ? undefined : query;
+  const token = query.get("token");
+  return token === null || token === "" ? undefined : token;
 }
 
 /** Verifies tokens against one key source; one per server. */

@@ -215,22 +215,22 @@ export class Connection {
   }
 
   /**
-   * The connect and disconnect lines at info, with the connection's fields
-   * (the same as {@link #log}'s) written out in one object.
+   * The fields of the connect and disconnect lines at info (the same as
+   * {@link #log}'s), in a fresh object the caller completes and logs with
+   * `emitLine`: no child logger, and no spread to copy.
    */
-  #line(message: string, fields: Record<string, unknown>): void {
+  #lineFields(): Record<string, unknown> {
     const info = this.info;
-    const span = this.#span;
-    emitLine(this.#parentLog, "info", message, {
+    const fields: Record<string, unknown> = {
       connection_id: this.id,
       session_uuid: this.session.id,
       request_id: info.requestId,
       remote_addr: info.remoteAddr,
       user_agent: info.userAgent,
-      ...(info.userId !== undefined && { user_id: info.userId }),
-      ...(span && logIds(span)),
-      ...fields,
-    });
+    };
+    if (info.userId !== undefined) fields.user_id = info.userId;
+    if (this.#span !== undefined) Object.assign(fields, logIds(this.#span));
+    return fields;
   }
 
   /** Whether the socket is open (`readyState` OPEN). */
@@ -384,10 +384,10 @@ export class Connection {
   #onOpen(): void {
     const session = this.session;
     if (levelFlags.info) {
-      this.#line("WebSocket connected", {
-        resumed: session.resumed,
-        count: session.initialCount,
-      });
+      const fields = this.#lineFields();
+      fields.resumed = session.resumed;
+      fields.count = session.initialCount;
+      emitLine(this.#parentLog, "info", "WebSocket connected", fields);
     }
     if (this.info.wantsSessionFrame) {
       this.socket.send(
@@ -550,12 +550,12 @@ export class Connection {
       });
     }
     if (levelFlags.info) {
-      this.#line("WebSocket disconnected", {
-        close_code: code,
-        close_reason: event.reason,
-        duration_ms: Math.round(performance.now() - this.#openedAt),
-        messages: this.#messages,
-      });
+      const fields = this.#lineFields();
+      fields.close_code = code;
+      fields.close_reason = event.reason;
+      fields.duration_ms = Math.round(performance.now() - this.#openedAt);
+      fields.messages = this.#messages;
+      emitLine(this.#parentLog, "info", "WebSocket disconnected", fields);
     }
     if (span !== undefined) {
       span.setAttributes({
