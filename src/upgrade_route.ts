@@ -86,8 +86,7 @@ export function requestRecorder(
     // this app chose (a client cannot make up any of them).
     const label = methodLabel(method);
     const endpoint = route ?? "unmatched";
-    metrics.httpRequests.labels(label, endpoint, String(status)).inc();
-    metrics.httpDuration.labels(label, endpoint).observe(seconds);
+    metrics.http.record(label, endpoint, status, seconds);
     if (!levelFlags.debug) return;
     httpLog.debug("{method} {path} {status}", {
       method,

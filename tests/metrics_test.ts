@@ -4,8 +4,9 @@
  * the shipped permission set can read.
  */
 import assert from "node:assert/strict";
-import { Histogram, Registry } from "prom-client";
+import { Counter, Histogram, Registry } from "prom-client";
 import {
+  HTTP_DURATION_BUCKETS,
   MESSAGE_DURATION_BUCKETS,
   Metrics,
   type MetricsSources,
@@ -98,6 +99,88 @@ Deno.test("the frame histogram renders cumulative buckets, +Inf, sum and count a
   const json = (await metrics.registry.getMetricsAsJSON())
     .find((m) => m.name === HISTOGRAM);
   assert.deepEqual(json, (await reference(false)).json);
+});
+
+Deno.test("the HTTP figures render as prom-client's labelled Counter and Histogram do, and a scrape counts each request once", async () => {
+  const requests: [string, string, number, number][] = [
+    ["GET", "/ws/chat/", 101, 0.0004],
+    ["GET", "/healthz", 200, 0.001],
+    ["GET", "/ws/chat/", 101, 0.02],
+    ["other", "unmatched", 404, 7],
+    ["GET", "/ws/chat/", 503, 0.3],
+    ["GET", "/healthz", 200, 0.0011],
+  ];
+  using metrics = new Metrics("blue", SOURCES);
+  const registry = new Registry();
+  registry.setDefaultLabels({ color: "blue" });
+  const counter = new Counter({
+    name: "http_requests_total",
+    help: "HTTP requests by method, route template and status.",
+    labelNames: ["method", "endpoint", "status"],
+    registers: [registry],
+  });
+  const histogram = new Histogram({
+    name: "http_request_duration_seconds",
+    help: "HTTP request duration until the response is ready.",
+    labelNames: ["method", "endpoint"],
+    buckets: [...HTTP_DURATION_BUCKETS],
+    registers: [registry],
+  });
+  const record = (from: number, to: number) => {
+    for (
+      const [method, endpoint, status, seconds] of requests.slice(from, to)
+    ) {
+      metrics.http.record(method, endpoint, status, seconds);
+      counter.labels(method, endpoint, String(status)).inc();
+      histogram.labels(method, endpoint).observe(seconds);
+    }
+  };
+  // OpenMetrics names a counter's family without `_total`.
+  const families = (body: string, openMetrics: boolean) =>
+    [
+      openMetrics ? "http_requests" : "http_requests_total",
+      "http_request_duration_seconds",
+    ].flatMap((name) => family(body, name));
+  const compare = async () => {
+    for (const openMetrics of [false, true]) {
+      registry.setContentType(
+        openMetrics
+          ? Registry.OPENMETRICS_CONTENT_TYPE as never
+          : Registry.PROMETHEUS_CONTENT_TYPE,
+      );
+      assert.deepEqual(
+        families((await metrics.scrape(openMetrics)).body, openMetrics),
+        families(await registry.metrics(), openMetrics),
+      );
+    }
+    // prom-client strips `_total` in place for OpenMetrics (client_js#829).
+    (counter as unknown as { name: string }).name = "http_requests_total";
+    const ours = (await metrics.registry.getMetricsAsJSON())
+      .filter((m) => m.name.startsWith("http_request"));
+    const theirs = (await registry.getMetricsAsJSON()).map((m) => ({
+      ...m,
+      values: m.values.map((v) => {
+        const { exemplar: _, ...rest } = v as typeof v & { exemplar?: unknown };
+        return rest;
+      }),
+    }));
+    assert.deepEqual(ours, theirs);
+  };
+  record(0, 4);
+  await compare();
+  // Scraped again with nothing new, and after more requests: no request
+  // counted twice or lost.
+  await compare();
+  record(4, 6);
+  await compare();
+  assert.equal(
+    metricValue((await metrics.scrape(false)).body, "http_requests_total", {
+      method: "GET",
+      endpoint: "/healthz",
+      status: "200",
+    }),
+    2,
+  );
 });
 
 Deno.test("the frame histogram reads zero before the first frame", async () => {

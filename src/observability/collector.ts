@@ -19,6 +19,11 @@ export interface Sample {
   readonly metricName?: string;
   /** The sample's own labels; the registry adds its default labels. */
   readonly labels: Record<string, string | number>;
+  /**
+   * Labels of the series the sample belongs to, written after the default
+   * labels (as prom-client's histograms write theirs, after `le`).
+   */
+  readonly sharedLabels?: Record<string, string>;
   /** The value. */
   readonly value: number;
 }
@@ -77,18 +82,33 @@ export abstract class Collector {
   }
 
   /**
-   * Reads the samples now.
+   * Reads the samples now, each with all its labels (what
+   * `getMetricsAsJSON()` answers).
+   *
+   * @returns The metric family, series labels merged into each sample's.
+   */
+  get(): Promise<MetricData> {
+    return Promise.resolve(this.#data(this.samples().map(splay)));
+  }
+
+  /**
+   * Reads the samples now for the text formats, series labels apart (what
+   * the registry renders, after the default labels).
    *
    * @returns The metric family as the registry renders it.
    */
-  get(): Promise<MetricData> {
-    return Promise.resolve({
+  getForPromString(): Promise<MetricData> {
+    return Promise.resolve(this.#data(this.samples()));
+  }
+
+  #data(values: Sample[]): MetricData {
+    return {
       name: this.name,
       help: this.help,
       type: this.type,
       aggregator: this.aggregator,
-      values: this.samples(),
-    });
+      values,
+    };
   }
 
   /** Nothing to clear: the figures belong to their source (`Registry.resetMetrics()` calls this). */
@@ -224,19 +244,114 @@ export class CollectedHistogram extends Collector {
    */
   protected samples(): Sample[] {
     // One synchronous read: the source cannot change half-way.
-    const { counts, sum, count } = this.#read();
-    const bucket = `${this.name}_bucket`;
+    return histogramSamples(this.name, this.#buckets, this.#read(), []);
+  }
+}
+
+/** A histogram's figures for one set of labels. */
+export interface LabelledHistogramFigures extends HistogramFigures {
+  /** The series' labels, e.g. `{method: "GET", endpoint: "/healthz"}`. */
+  readonly labels: Record<string, string>;
+}
+
+/** Options for {@link CollectedHistogramFamily}. */
+export interface CollectedHistogramFamilyOptions extends CollectorOptions {
+  /** Upper bounds, ascending, without +Inf. */
+  readonly buckets: readonly number[];
+  /**
+   * Reads every series at scrape time.
+   *
+   * @returns The series, each with its labels; bounded by the source.
+   */
+  read(): Iterable<LabelledHistogramFigures>;
+}
+
+/**
+ * A labelled histogram read at scrape time, rendered series by series as
+ * prom-client's own `Histogram` renders a labelled one (`le` first, then the
+ * default labels, then the series' labels).
+ *
+ * @example
+ * ```ts
+ * import { Registry } from "prom-client";
+ * import { CollectedHistogramFamily } from "./collector.ts";
+ * const registry = new Registry();
+ * new CollectedHistogramFamily({
+ *   name: "example_request_duration_seconds",
+ *   help: "One fast request.",
+ *   buckets: [0.1, 1],
+ *   registers: [registry],
+ *   read: () => [{ labels: { route: "/" }, counts: [1, 0, 0], sum: 0.01, count: 1 }],
+ * });
+ * ```
+ */
+export class CollectedHistogramFamily extends Collector {
+  /** `# TYPE histogram`. */
+  readonly type = "histogram";
+  #buckets: readonly number[];
+  #read: () => Iterable<LabelledHistogramFigures>;
+
+  /**
+   * Creates the histogram and registers it.
+   *
+   * @param options Name, help, bounds, registries and the reader.
+   */
+  constructor(options: CollectedHistogramFamilyOptions) {
+    super(options);
+    this.#buckets = options.buckets;
+    this.#read = options.read;
+  }
+
+  /**
+   * Reads every series and makes each cumulative.
+   *
+   * @returns Each series' buckets, +Inf, `_sum` and `_count`, in turn.
+   */
+  protected samples(): Sample[] {
     const samples: Sample[] = [];
-    let cumulative = 0;
-    this.#buckets.forEach((le, i) => {
-      cumulative += counts[i]!;
-      samples.push({ metricName: bucket, labels: { le }, value: cumulative });
-    });
-    samples.push(
-      { metricName: bucket, labels: { le: "+Inf" }, value: count },
-      { metricName: `${this.name}_sum`, labels: {}, value: sum },
-      { metricName: `${this.name}_count`, labels: {}, value: count },
-    );
+    for (const figures of this.#read()) {
+      histogramSamples(this.name, this.#buckets, figures, samples);
+    }
     return samples;
   }
+}
+
+/** A sample with its series' labels merged in, as prom-client's JSON has it. */
+function splay(sample: Sample): Sample {
+  const { sharedLabels, ...rest } = sample;
+  return sharedLabels === undefined
+    ? sample
+    : { ...rest, labels: { ...rest.labels, ...sharedLabels } };
+}
+
+/**
+ * Appends one series' samples: cumulative `_bucket{le}`, `le="+Inf"`,
+ * `_sum` and `_count`.
+ */
+function histogramSamples(
+  name: string,
+  buckets: readonly number[],
+  figures: HistogramFigures & { readonly labels?: Record<string, string> },
+  samples: Sample[],
+): Sample[] {
+  const { counts, sum, count, labels } = figures;
+  // Unlabelled, a sample has no series labels at all, as prom-client's.
+  const shared = labels === undefined ? {} : { sharedLabels: labels };
+  const bucket = `${name}_bucket`;
+  let cumulative = 0;
+  buckets.forEach((le, i) => {
+    cumulative += counts[i]!;
+    samples.push({
+      metricName: bucket,
+      labels: { le },
+      ...shared,
+      value: cumulative,
+    });
+  });
+  samples.push(
+    { metricName: bucket, labels: { le: "+Inf" }, ...shared, value: count },
+    { metricName: `${name}_sum`, labels: {}, ...shared, value: sum },
+    { metricName: `${name}_count`, labels: {}, ...shared, value: count },
+  );
+  return samples;
 }

@@ -1,12 +1,14 @@
 /**
  * Metrics: the contract's Prometheus metrics, through prom-client.
  *
- * Per-connection events (accept, close, error) update prom-client directly.
  * Per-frame figures are plain numbers in {@link FrameStats}, read only at
  * scrape time (a counter's `collect()`, a {@link CollectedHistogram}): a
  * labelled `inc()` and a `Histogram.observe()` per frame cost the hot path
- * 0.8–0.9× of its throughput, plain additions next to nothing. The `process_*`
- * metrics come from process_metrics.ts.
+ * 0.8–0.9× of its throughput, plain additions next to nothing. The connect
+ * path's figures (accepts, resumes, closes, HTTP requests) are plain numbers
+ * too, in {@link ConnectionStats} and {@link HttpStats}; rarer events
+ * (errors, refusals) update prom-client directly. The `process_*` metrics
+ * come from process_metrics.ts.
  *
  * Every metric carries the default label `color`.
  *
@@ -15,36 +17,31 @@
 import {
   Counter,
   Gauge,
-  Histogram,
   type PrometheusContentType,
   Registry,
 } from "prom-client";
 import { LISTENER_ERROR_REASONS, runtimeVersion } from "../platform.ts";
-import { ERROR_TYPES } from "../sessions/refusals.ts";
+import { closeCodeLabel, ERROR_TYPES } from "../sessions/refusals.ts";
 import { VERSION } from "../version.ts";
-import { CollectedHistogram } from "./collector.ts";
+import { CollectedHistogram, CollectedHistogramFamily } from "./collector.ts";
+import {
+  ConnectionStats,
+  HTTP_DURATION_BUCKETS,
+  HttpStats,
+} from "./event_stats.ts";
 import { FrameStats, MESSAGE_DURATION_BUCKETS } from "./frame_stats.ts";
 import { LoopLagMonitor, registerProcessMetrics } from "./process_metrics.ts";
 
-export { FrameStats, MESSAGE_DURATION_BUCKETS };
+export {
+  ConnectionStats,
+  FrameStats,
+  HTTP_DURATION_BUCKETS,
+  HttpStats,
+  MESSAGE_DURATION_BUCKETS,
+};
 
 /** Close codes exported from the start at 0. */
 const COMMON_CLOSE_CODES = ["1000", "1001", "1006"];
-
-/** Upper bounds in seconds of `http_request_duration_seconds`. */
-export const HTTP_DURATION_BUCKETS: readonly number[] = [
-  0.001,
-  0.005,
-  0.01,
-  0.025,
-  0.05,
-  0.1,
-  0.25,
-  0.5,
-  1,
-  2.5,
-  5,
-];
 
 /**
  * The memory store's figures as plain numbers, updated by the store and
@@ -116,18 +113,18 @@ export class Metrics implements Disposable {
   readonly frames: FrameStats = new FrameStats();
   /** Session-store figures, read at scrape time. */
   readonly sessions: SessionStats = new SessionStats();
-  /** `websocket_connections_total`. */
-  readonly connectionsTotal: Counter;
+  /**
+   * `websocket_connections_total`, `websocket_session_resumes_total` and
+   * `websocket_disconnects_total{code}`, read at scrape time.
+   */
+  readonly connections: ConnectionStats = new ConnectionStats();
+  /**
+   * `http_requests_total{method,endpoint,status}` and
+   * `http_request_duration_seconds{method,endpoint}`, read at scrape time.
+   */
+  readonly http: HttpStats = new HttpStats();
   /** `websocket_errors_total{error_type}`. */
   readonly errors: Counter<"error_type">;
-  /** `websocket_disconnects_total{code}`. */
-  readonly disconnects: Counter<"code">;
-  /** `websocket_session_resumes_total`. */
-  readonly resumes: Counter;
-  /** `http_requests_total{method,endpoint,status}`. */
-  readonly httpRequests: Counter<"method" | "endpoint" | "status">;
-  /** `http_request_duration_seconds{method,endpoint}`. */
-  readonly httpDuration: Histogram<"method" | "endpoint">;
   /** `app_startup_time_seconds`. */
   readonly startupTime: Gauge;
   /** `app_shutdown_time_seconds`. */
@@ -157,11 +154,18 @@ export class Metrics implements Disposable {
     this.registry = registry;
     const registers = [registry];
     const frames = this.frames;
+    const connections = this.connections;
+    const http = this.http;
 
-    this.connectionsTotal = new Counter({
+    const seenConnections = { accepted: 0, resumed: 0 };
+    new Counter({
       name: "websocket_connections_total",
       help: "WebSocket connections accepted.",
       registers,
+      collect() {
+        this.inc(connections.accepted - seenConnections.accepted);
+        seenConnections.accepted = connections.accepted;
+      },
     });
     new Gauge({
       name: "websocket_connections_active",
@@ -205,30 +209,50 @@ export class Metrics implements Disposable {
       registers,
     });
     for (const type of ERROR_TYPES) this.errors.labels(type).inc(0);
-    this.disconnects = new Counter({
+    const disconnects = new Counter<"code">({
       name: "websocket_disconnects_total",
       help: "WebSocket closes, by RFC 6455 close code.",
       labelNames: ["code"],
       registers,
+      collect() {
+        connections.closes.drain((code, n) =>
+          this.labels(closeCodeLabel(code)).inc(n)
+        );
+      },
     });
-    for (const code of COMMON_CLOSE_CODES) this.disconnects.labels(code).inc(0);
-    this.resumes = new Counter({
+    for (const code of COMMON_CLOSE_CODES) disconnects.labels(code).inc(0);
+    new Counter({
       name: "websocket_session_resumes_total",
       help: "Connections that continued an existing session's count.",
       registers,
+      collect() {
+        this.inc(connections.resumed - seenConnections.resumed);
+        seenConnections.resumed = connections.resumed;
+      },
     });
-    this.httpRequests = new Counter({
+    new Counter<"method" | "endpoint" | "status">({
       name: "http_requests_total",
       help: "HTTP requests by method, route template and status.",
       labelNames: ["method", "endpoint", "status"],
       registers,
+      collect() {
+        for (const route of http.routes()) {
+          route.statuses.drain((status, n) =>
+            this.labels(route.method, route.endpoint, String(status)).inc(n)
+          );
+        }
+      },
     });
-    this.httpDuration = new Histogram({
+    new CollectedHistogramFamily({
       name: "http_request_duration_seconds",
       help: "HTTP request duration until the response is ready.",
-      labelNames: ["method", "endpoint"],
-      buckets: [...HTTP_DURATION_BUCKETS],
+      buckets: HTTP_DURATION_BUCKETS,
       registers,
+      read: function* () {
+        for (const { method, endpoint, counts, sum, count } of http.routes()) {
+          yield { labels: { method, endpoint }, counts, sum, count };
+        }
+      },
     });
     this.startupTime = new Gauge({
       name: "app_startup_time_seconds",

@@ -31,7 +31,7 @@ import {
 import { type FrameLimits, RateLimiter, utf8Length } from "./frame_limits.ts";
 import {
   CloseCode,
-  closeCodeLabel,
+  closeCodeKey,
   type CloseRefusal,
   type DropRefusal,
   REFUSALS,
@@ -530,7 +530,7 @@ export class Connection {
     const code = this.#sentCode ?? (event.code === 0 ? 1006 : event.code);
     const metrics = this.#metrics;
     const span = this.#span;
-    metrics.disconnects.labels(closeCodeLabel(code)).inc();
+    metrics.connections.closes.add(closeCodeKey(code));
     const rejectedBy = this.#rejectedBy;
     if (rejectedBy !== undefined) {
       const { errorType } = RUNTIME_REJECTIONS.get(rejectedBy)!;

@@ -115,8 +115,9 @@ export class Hub implements ConnectionOwner {
   ): Connection {
     const conn = new Connection(socket, session, this, this.#deps, info);
     this.#connections.add(conn);
-    this.#metrics.connectionsTotal.inc();
-    if (session.resumed) this.#metrics.resumes.inc();
+    const stats = this.#metrics.connections;
+    stats.accepted++;
+    if (session.resumed) stats.resumed++;
     return conn;
   }
 

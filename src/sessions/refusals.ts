@@ -65,6 +65,18 @@ export function closeCodeLabel(code: number): string {
   return LABELLED_CLOSE_CODES.has(code) ? String(code) : "other";
 }
 
+/**
+ * A close code as counted until the scrape labels it: the code itself when
+ * it has a label of its own, else 0 (which {@link closeCodeLabel} calls
+ * `other`), so the counts are as bounded as the labels.
+ *
+ * @param code The close code sent or received (1006 for none).
+ * @returns The code, or 0.
+ */
+export function closeCodeKey(code: number): number {
+  return LABELLED_CLOSE_CODES.has(code) ? code : 0;
+}
+
 /** A cause answered by closing an open socket. */
 export interface CloseRefusal {
   /** How the cause is answered. */
