@@ -181,6 +181,11 @@ const MAY_MATCH_DIGITS = /\d{4}[ -]|\d{13}/;
  */
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+/** Whether a string is a UUID: the ids, two or three of every line. */
+function isUuid(text: string): boolean {
+  return text.length === 36 && UUID.test(text);
+}
+
 /**
  * Masks the secrets and personal data in a string: {@link REDACTION_PATTERNS} in
  * order, after a one-pass check that any of them can match.
@@ -190,8 +195,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
  */
 export function redactText(text: string): string {
   if (
-    !MAY_MATCH_TEXT.test(text) && !MAY_MATCH_DIGITS.test(text) ||
-    UUID.test(text)
+    isUuid(text) ||
+    !MAY_MATCH_TEXT.test(text) && !MAY_MATCH_DIGITS.test(text)
   ) return text;
   for (const { pattern, replacement } of REDACTION_PATTERNS) {
     text = typeof replacement === "string"
@@ -406,7 +411,8 @@ function jsonValue(
 ): string | undefined {
   switch (typeof value) {
     case "string":
-      return JSON.stringify(redactText(value));
+      // A UUID needs neither redaction nor escaping.
+      return isUuid(value) ? `"${value}"` : JSON.stringify(redactText(value));
     case "number":
       return Number.isFinite(value) ? String(value) : "null";
     case "boolean":
@@ -491,7 +497,11 @@ export interface LoggingOptions {
   readonly format: LogFormat;
   /** Deployment color stamped on every line. */
   readonly color: string;
-  /** Writes one encoded line; stdout by default. */
+  /**
+   * Writes encoded lines (one or more, each ending in `\n`); stdout by
+   * default. The bytes are only valid during the call: copy them to keep
+   * them.
+   */
   readonly write?: (bytes: Uint8Array) => void;
 }
 
@@ -615,11 +625,15 @@ export function setupLogging(options: LoggingOptions): Promise<void> {
   // waits past the turn, so a line is on stdout before the next I/O event;
   // a warning or worse, an uncaught error and `flushLogging` write at once.
   let pending = "";
+  // Every write encodes into one buffer (a turn's lines fit: at most three
+  // bytes per UTF-16 unit) rather than a new array per turn.
+  const buffer = new Uint8Array(3 * (MAX_PENDING + LINE_ROOM));
   const flush = (): void => {
     if (pending === "") return;
     const text = pending;
     pending = "";
-    write(encoder.encode(text));
+    if (3 * text.length > buffer.length) write(encoder.encode(text));
+    else write(buffer.subarray(0, encoder.encodeInto(text, buffer).written));
   };
   const lines = (record: LogRecord): void => {
     if (pending === "") queueMicrotask(flush);
@@ -700,3 +714,9 @@ const BUFFERED_LEVELS: ReadonlySet<LogLevel> = new Set([
 
 /** Characters of log lines held for one write at most (about 64 KiB). */
 const MAX_PENDING = 65_536;
+
+/**
+ * Characters one line may add past {@link MAX_PENDING} and still be encoded
+ * into the shared buffer; a longer one is encoded on its own.
+ */
+const LINE_ROOM = 8_192;
