@@ -22,7 +22,7 @@ import {
 import { type ConnInfo, upgradeWebSocket } from "./platform.ts";
 import type { Settings } from "./settings.ts";
 import type { Lifecycle } from "./lifecycle.ts";
-import { Admission, Refused } from "./sessions/admission.ts";
+import { Admission, type Admitted, Refused } from "./sessions/admission.ts";
 import type { TrustedProxies } from "./sessions/client_address.ts";
 import { SUBPROTOCOL } from "./sessions/frames.ts";
 import type { Hub } from "./sessions/hub.ts";
@@ -147,22 +147,53 @@ export class UpgradeRoute {
    *
    * @param req The request.
    * @param info The peer.
-   * @returns The 101 or the refusal; `undefined` when the request is not
-   *   such a `GET` (the app serves it).
+   * @returns The 101 or the refusal (a promise of it when admission
+   *   waits); `undefined` when the request is not such a `GET` (the app
+   *   serves it).
    */
-  direct(req: Request, info: ConnInfo): Promise<Response> | undefined {
+  direct(
+    req: Request,
+    info: ConnInfo,
+  ): Response | Promise<Response> | undefined {
     if (req.method !== "GET") return undefined;
     const path = pathOf(req.url);
     if (path !== "/ws/chat/" && path !== "/ws/chat") return undefined;
     return this.#direct(req, info, path);
   }
 
-  async #direct(req: Request, info: ConnInfo, path: string): Promise<Response> {
+  #direct(
+    req: Request,
+    info: ConnInfo,
+    path: string,
+  ): Response | Promise<Response> {
     const start = performance.now();
     const requestId = requestIdFrom(req.headers.get(REQUEST_ID_HEADER));
-    let res: Response;
+    const done = (res: Response): Response => {
+      res.headers.set(REQUEST_ID_HEADER, requestId);
+      this.#deps.record(
+        "GET",
+        path,
+        path,
+        res.status,
+        (performance.now() - start) / 1000,
+        requestId,
+      );
+      return res;
+    };
+    const failed = (error: unknown): Response => {
+      logger("http").error("Unhandled error in {path}: {error}", {
+        path,
+        error,
+        request_id: requestId,
+      });
+      return done(Response.json(
+        { error: "internal", message: "Internal server error" },
+        { status: 500 },
+      ));
+    };
+    let res: Response | Promise<Response>;
     try {
-      res = await this.handle(
+      res = this.handle(
         req,
         this.#deps.proxies.clientAddress(
           info.remoteAddr,
@@ -171,26 +202,10 @@ export class UpgradeRoute {
         requestId,
       );
     } catch (error) {
-      logger("http").error("Unhandled error in {path}: {error}", {
-        path,
-        error,
-        request_id: requestId,
-      });
-      res = Response.json(
-        { error: "internal", message: "Internal server error" },
-        { status: 500 },
-      );
+      return failed(error);
     }
-    res.headers.set(REQUEST_ID_HEADER, requestId);
-    this.#deps.record(
-      "GET",
-      path,
-      path,
-      res.status,
-      (performance.now() - start) / 1000,
-      requestId,
-    );
-    return res;
+    // Answered at once without a token or a store to wait for: no promise.
+    return res instanceof Promise ? res.then(done, failed) : done(res);
   }
 
   /**
@@ -200,14 +215,28 @@ export class UpgradeRoute {
    * @param req The upgrade request.
    * @param remoteAddr The client's address.
    * @param requestId The request's id, for the connection's log lines.
-   * @returns The 101 or the refusal.
+   * @returns The 101 or the refusal; a promise of it when admission waits
+   *   (a token to verify, a store over the network).
+   * @throws {Error} Only on an error of the service's own (answered 500).
    */
-  async handle(
+  handle(
     req: Request,
     remoteAddr: string,
     requestId: string,
-  ): Promise<Response> {
-    const admitted = await this.#admission.admit(req, remoteAddr);
+  ): Response | Promise<Response> {
+    const admitted = this.#admission.admit(req, remoteAddr);
+    return admitted instanceof Promise
+      ? admitted.then((a) => this.#upgrade(req, a, remoteAddr, requestId))
+      : this.#upgrade(req, admitted, remoteAddr, requestId);
+  }
+
+  /** Upgrades an admitted request, or renders its refusal. */
+  #upgrade(
+    req: Request,
+    admitted: Admitted | Refused,
+    remoteAddr: string,
+    requestId: string,
+  ): Response {
     if (admitted instanceof Refused) {
       return this.#refuse(req, admitted, remoteAddr, requestId);
     }

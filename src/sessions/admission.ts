@@ -259,9 +259,15 @@ export class Admission {
    *
    * @param req The upgrade request.
    * @param remoteAddr The client's address (see `TrustedProxies`).
-   * @returns The admitted upgrade, or why it is refused.
+   * @returns The admitted upgrade, or why it is refused; at once when
+   *   nothing had to be awaited (no token, a store that answers at once),
+   *   else a promise of it. The promise rejects, and a call throws, only on
+   *   an error of the service's own.
    */
-  async admit(req: Request, remoteAddr: string): Promise<Admitted | Refused> {
+  admit(
+    req: Request,
+    remoteAddr: string,
+  ): Admitted | Refused | Promise<Admitted | Refused> {
     const { settings, lifecycle, maxConnections } = this.#deps;
     const handshake = checkHandshake(req.headers);
     if (handshake !== undefined) return handshake;
@@ -297,51 +303,69 @@ export class Admission {
     const query = queryOf(req.url);
     const requested = requestedSessionId(query);
     if (requested instanceof Refused) return requested;
+    const client = { remoteAddr, addressKey };
+    const result = this.#auth === undefined
+      ? this.#attach(req, requested, client, undefined, undefined)
+      : this.#authenticate(this.#auth, req, query).then((verdict) =>
+        verdict instanceof Refused ? verdict : this.#attach(
+          req,
+          requested,
+          client,
+          verdict.subject,
+          verdict.expiresAt,
+        )
+      );
+    if (!(result instanceof Promise)) return result;
+    // Until it is attached, an upgrade that waits counts toward
+    // `MAX_CONNECTIONS`.
     this.#attaching++;
-    try {
-      return await this.#admitClient(req, query, requested, {
-        remoteAddr,
-        addressKey,
-      });
-    } finally {
-      this.#attaching--;
-    }
+    return result.finally(() => this.#attaching--);
   }
 
-  /** The client's own checks: token, session id, per-client cap, store. */
-  async #admitClient(
+  /** The token's check: its subject and expiry, or why it is refused. */
+  async #authenticate(
+    auth: Authenticator,
     req: Request,
     query: URLSearchParams,
+  ): Promise<
+    { subject: string | undefined; expiresAt: number | undefined } | Refused
+  > {
+    let verdict;
+    try {
+      verdict = await auth.verify(tokenFrom(req.headers, query));
+    } catch (error) {
+      return new Refused(
+        error instanceof AuthUnavailableError
+          ? REFUSALS.authUnavailable
+          : REFUSALS.internalUpgrade,
+        undefined,
+        error,
+      );
+    }
+    if (verdict instanceof AuthFailure) {
+      return new Refused(
+        verdict.reason === "missing"
+          ? REFUSALS.tokenMissing
+          : REFUSALS.tokenInvalid,
+        verdict.message,
+        undefined,
+        { fields: { reason: verdict.reason } },
+      );
+    }
+    return verdict;
+  }
+
+  /**
+   * The client's own checks after its token: session id, per-client cap,
+   * store.
+   */
+  #attach(
+    req: Request,
     requested: RequestedId | undefined,
     client: { remoteAddr: string; addressKey: string },
-  ): Promise<Admitted | Refused> {
-    let subject: string | undefined;
-    let expiresAt: number | undefined;
-    if (this.#auth !== undefined) {
-      let verdict;
-      try {
-        verdict = await this.#auth.verify(tokenFrom(req.headers, query));
-      } catch (error) {
-        return new Refused(
-          error instanceof AuthUnavailableError
-            ? REFUSALS.authUnavailable
-            : REFUSALS.internalUpgrade,
-          undefined,
-          error,
-        );
-      }
-      if (verdict instanceof AuthFailure) {
-        return new Refused(
-          verdict.reason === "missing"
-            ? REFUSALS.tokenMissing
-            : REFUSALS.tokenInvalid,
-          verdict.message,
-          undefined,
-          { fields: { reason: verdict.reason } },
-        );
-      }
-      ({ subject, expiresAt } = verdict);
-    }
+    subject: string | undefined,
+    expiresAt: number | undefined,
+  ): Admitted | Refused | Promise<Admitted | Refused> {
     const userFields = subject === undefined ? {} : { user_id: subject };
     let sessionId: string;
     if (requested === undefined) sessionId = this.#ids.issue(subject);
@@ -367,10 +391,7 @@ export class Admission {
         fields: userFields,
       });
     }
-    let session: SessionHandle;
-    try {
-      session = await this.#deps.store.attach(sessionId, subject);
-    } catch (error) {
+    const failed = (error: unknown): Refused => {
       releaseSlot();
       if (error instanceof SessionForbiddenError) {
         return new Refused(REFUSALS.sessionForbidden, undefined, undefined, {
@@ -386,18 +407,31 @@ export class Admission {
         undefined,
         error,
       );
-    }
-    return {
-      sessionId,
-      session,
-      wantsSessionFrame: wantsSubprotocol(
-        req.headers.get("sec-websocket-protocol"),
-      ),
-      remoteAddr: client.remoteAddr,
-      userId: subject,
-      expiresAt,
-      ...this.#holds(releaseSlot, expiresAt),
     };
+    const admitted = (session: SessionHandle): Admitted => {
+      const holds = this.#holds(releaseSlot, expiresAt);
+      return {
+        sessionId,
+        session,
+        wantsSessionFrame: wantsSubprotocol(
+          req.headers.get("sec-websocket-protocol"),
+        ),
+        remoteAddr: client.remoteAddr,
+        userId: subject,
+        expiresAt,
+        watch: holds.watch,
+        release: holds.release,
+      };
+    };
+    let session: SessionHandle | Promise<SessionHandle>;
+    try {
+      session = this.#deps.store.attach(sessionId, subject);
+    } catch (error) {
+      return failed(error);
+    }
+    return session instanceof Promise
+      ? session.then(admitted, failed)
+      : admitted(session);
   }
 
   /**
