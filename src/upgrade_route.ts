@@ -168,44 +168,73 @@ export class UpgradeRoute {
   ): Response | Promise<Response> {
     const start = performance.now();
     const requestId = requestIdFrom(req.headers.get(REQUEST_ID_HEADER));
-    const done = (res: Response): Response => {
-      res.headers.set(REQUEST_ID_HEADER, requestId);
-      this.#deps.record(
-        "GET",
-        path,
-        path,
-        res.status,
-        (performance.now() - start) / 1000,
-        requestId,
-      );
-      return res;
-    };
-    const failed = (error: unknown): Response => {
-      logger("http").error("Unhandled error in {path}: {error}", {
-        path,
-        error,
-        request_id: requestId,
-      });
-      return done(Response.json(
-        { error: "internal", message: "Internal server error" },
-        { status: 500 },
-      ));
-    };
+    const proxies = this.#deps.proxies;
     let res: Response | Promise<Response>;
     try {
       res = this.handle(
         req,
-        this.#deps.proxies.clientAddress(
-          info.remoteAddr,
-          req.headers.get("X-Forwarded-For"),
-        ),
+        proxies.enabled
+          ? proxies.clientAddress(
+            info.remoteAddr,
+            req.headers.get("X-Forwarded-For"),
+          )
+          : info.remoteAddr,
         requestId,
       );
     } catch (error) {
-      return failed(error);
+      return this.#done(
+        this.#failed(error, path, requestId),
+        path,
+        start,
+        requestId,
+      );
     }
     // Answered at once without a token or a store to wait for: no promise.
-    return res instanceof Promise ? res.then(done, failed) : done(res);
+    if (!(res instanceof Promise)) {
+      return this.#done(res, path, start, requestId);
+    }
+    return res.then(
+      (r) => this.#done(r, path, start, requestId),
+      (error) =>
+        this.#done(
+          this.#failed(error, path, requestId),
+          path,
+          start,
+          requestId,
+        ),
+    );
+  }
+
+  /** Stamps the request id on the answer and records the request. */
+  #done(
+    res: Response,
+    path: string,
+    start: number,
+    requestId: string,
+  ): Response {
+    res.headers.set(REQUEST_ID_HEADER, requestId);
+    this.#deps.record(
+      "GET",
+      path,
+      path,
+      res.status,
+      (performance.now() - start) / 1000,
+      requestId,
+    );
+    return res;
+  }
+
+  /** The answer to an unexpected error: one line, a JSON 500. */
+  #failed(error: unknown, path: string, requestId: string): Response {
+    logger("http").error("Unhandled error in {path}: {error}", {
+      path,
+      error,
+      request_id: requestId,
+    });
+    return Response.json(
+      { error: "internal", message: "Internal server error" },
+      { status: 500 },
+    );
   }
 
   /**

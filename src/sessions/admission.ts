@@ -391,47 +391,84 @@ export class Admission {
         fields: userFields,
       });
     }
-    const failed = (error: unknown): Refused => {
-      releaseSlot();
-      if (error instanceof SessionForbiddenError) {
-        return new Refused(REFUSALS.sessionForbidden, undefined, undefined, {
-          fields: userFields,
-        });
-      }
-      return new Refused(
-        error instanceof SessionLimitError
-          ? REFUSALS.maxSessions
-          : error instanceof StoreUnavailableError
-          ? REFUSALS.storeUnavailable
-          : REFUSALS.internalUpgrade,
-        undefined,
-        error,
-      );
-    };
-    const admitted = (session: SessionHandle): Admitted => {
-      const holds = this.#holds(releaseSlot, expiresAt);
-      return {
-        sessionId,
-        session,
-        wantsSessionFrame: wantsSubprotocol(
-          req.headers.get("sec-websocket-protocol"),
-        ),
-        remoteAddr: client.remoteAddr,
-        userId: subject,
-        expiresAt,
-        watch: holds.watch,
-        release: holds.release,
-      };
-    };
     let session: SessionHandle | Promise<SessionHandle>;
     try {
       session = this.#deps.store.attach(sessionId, subject);
     } catch (error) {
-      return failed(error);
+      return this.#attachFailed(error, releaseSlot, userFields);
     }
-    return session instanceof Promise
-      ? session.then(admitted, failed)
-      : admitted(session);
+    if (!(session instanceof Promise)) {
+      return this.#admitted(
+        req,
+        sessionId,
+        session,
+        client,
+        subject,
+        expiresAt,
+        releaseSlot,
+      );
+    }
+    return session.then(
+      (s) =>
+        this.#admitted(
+          req,
+          sessionId,
+          s,
+          client,
+          subject,
+          expiresAt,
+          releaseSlot,
+        ),
+      (error) => this.#attachFailed(error, releaseSlot, userFields),
+    );
+  }
+
+  /** The store could not attach the session: the slot back, the refusal. */
+  #attachFailed(
+    error: unknown,
+    releaseSlot: () => void,
+    userFields: Readonly<Record<string, unknown>>,
+  ): Refused {
+    releaseSlot();
+    if (error instanceof SessionForbiddenError) {
+      return new Refused(REFUSALS.sessionForbidden, undefined, undefined, {
+        fields: userFields,
+      });
+    }
+    return new Refused(
+      error instanceof SessionLimitError
+        ? REFUSALS.maxSessions
+        : error instanceof StoreUnavailableError
+        ? REFUSALS.storeUnavailable
+        : REFUSALS.internalUpgrade,
+      undefined,
+      error,
+    );
+  }
+
+  /** The admitted upgrade, its session attached. */
+  #admitted(
+    req: Request,
+    sessionId: string,
+    session: SessionHandle,
+    client: { remoteAddr: string },
+    subject: string | undefined,
+    expiresAt: number | undefined,
+    releaseSlot: () => void,
+  ): Admitted {
+    const holds = this.#holds(releaseSlot, expiresAt);
+    return {
+      sessionId,
+      session,
+      wantsSessionFrame: wantsSubprotocol(
+        req.headers.get("sec-websocket-protocol"),
+      ),
+      remoteAddr: client.remoteAddr,
+      userId: subject,
+      expiresAt,
+      watch: holds.watch,
+      release: holds.release,
+    };
   }
 
   /**
