@@ -9,14 +9,16 @@
  *
  * Usage:
  *   deno task bench [--targets bare,memory] [--sizes 100x1000,1000x100] [--repeat 3]
- *   deno task bench --mode storm [--connects 10000] [--concurrency 200]
+ *   deno task bench --mode storm [--connects 10000] [--concurrency 200] [--warmup 0]
  *   deno task bench --mode held [--held 19000]
  *
  * Modes: `messages` (the default: message throughput, latency and server
  * CPU per message, above); `storm` (N connects, at most `--concurrency` in
  * flight, each opens, sends one message, waits for `{"count": 1}` and
  * closes, from `bench/storm_client.ts`: connects per second and server CPU
- * per connection from `/proc`); `held` (N sockets opened by
+ * per connection from `/proc`; `--warmup N` runs N such connects first and
+ * leaves them out, so the figure is a warm server's, without the JIT's
+ * compiling and the heap's first growth); `held` (N sockets opened by
  * `bench/hold_client.ts`, one message each, then held: server RSS per held
  * socket over the idle server's; then SIGTERM: seconds to exit, the
  * `Drain complete` line's `shutdown_seconds`, `closed` and `forced`, and
@@ -361,6 +363,7 @@ const { values } = parseArgs({
     repeat: { type: "string", default: "3" },
     mode: { type: "string", default: "messages" },
     connects: { type: "string", default: "10000" },
+    warmup: { type: "string", default: "0" },
     concurrency: { type: "string", default: "200" },
     held: { type: "string", default: "19000" },
   },
@@ -609,6 +612,15 @@ async function storm() {
     for (const target of targets) {
       const port = freePort();
       const { child } = await target.start(port);
+      if (Number(values.warmup) > 0) {
+        const warm = client("storm_client.ts", [
+          `ws://127.0.0.1:${port}/ws/chat/`,
+          values.warmup,
+          concurrency,
+        ]);
+        await nextJson(warm.lines);
+        await warm.child.status;
+      }
       const before = procStats(child.pid);
       const run = client("storm_client.ts", [
         `ws://127.0.0.1:${port}/ws/chat/`,
@@ -638,7 +650,9 @@ async function storm() {
     }
   }
   console.log(
-    `| target | connects (${concurrency} in flight) | connects/s (median of ${repeat}) | server CPU µs/connect | vs ${
+    `| target | connects (${concurrency} in flight${
+      Number(values.warmup) > 0 ? `, after ${values.warmup} to warm up` : ""
+    }) | connects/s (median of ${repeat}) | server CPU µs/connect | vs ${
       targets[0]!.name
     } | RSS before → after MiB | errors |`,
   );
