@@ -10,21 +10,6 @@
  * @module
  */
 
-/** Upper bounds in seconds of `http_request_duration_seconds`. */
-export const HTTP_DURATION_BUCKETS: readonly number[] = [
-  0.001,
-  0.005,
-  0.01,
-  0.025,
-  0.05,
-  0.1,
-  0.25,
-  0.5,
-  1,
-  2.5,
-  5,
-];
-
 /**
  * Counts per value of a bounded key, drained by the scrape: what arrived
  * since the last one.
@@ -80,6 +65,17 @@ export interface RouteFigures {
 export class HttpStats {
   /** method → endpoint → figures: lookups of constant strings, no key built. */
   readonly #routes = new Map<string, Map<string, RouteFigures>>();
+  readonly #bounds: readonly number[];
+
+  /**
+   * Creates empty figures.
+   *
+   * @param buckets Upper bounds of the duration histogram in seconds,
+   *   ascending, without +Inf.
+   */
+  constructor(buckets: readonly number[]) {
+    this.#bounds = buckets;
+  }
 
   /**
    * Records one answered request.
@@ -105,7 +101,7 @@ export class HttpStats {
         method,
         endpoint,
         statuses: new PendingCounts(),
-        counts: new Float64Array(HTTP_DURATION_BUCKETS.length + 1),
+        counts: new Float64Array(this.#bounds.length + 1),
         sum: 0,
         count: 0,
       };
@@ -113,7 +109,7 @@ export class HttpStats {
     }
     figures.statuses.add(status);
     let i = 0;
-    const bounds = HTTP_DURATION_BUCKETS;
+    const bounds = this.#bounds;
     while (i < bounds.length && seconds > bounds[i]!) i++;
     figures.counts[i]!++;
     figures.sum += seconds;

@@ -24,24 +24,29 @@ import { LISTENER_ERROR_REASONS, runtimeVersion } from "../platform.ts";
 import { closeCodeLabel, ERROR_TYPES } from "../sessions/refusals.ts";
 import { VERSION } from "../version.ts";
 import { CollectedHistogram, CollectedHistogramFamily } from "./collector.ts";
-import {
-  ConnectionStats,
-  HTTP_DURATION_BUCKETS,
-  HttpStats,
-} from "./event_stats.ts";
+import { ConnectionStats, HttpStats } from "./event_stats.ts";
 import { FrameStats, MESSAGE_DURATION_BUCKETS } from "./frame_stats.ts";
 import { LoopLagMonitor, registerProcessMetrics } from "./process_metrics.ts";
 
-export {
-  ConnectionStats,
-  FrameStats,
-  HTTP_DURATION_BUCKETS,
-  HttpStats,
-  MESSAGE_DURATION_BUCKETS,
-};
+export { ConnectionStats, FrameStats, HttpStats, MESSAGE_DURATION_BUCKETS };
 
 /** Close codes exported from the start at 0. */
 const COMMON_CLOSE_CODES = ["1000", "1001", "1006"];
+
+/** Upper bounds in seconds of `http_request_duration_seconds`. */
+export const HTTP_DURATION_BUCKETS: readonly number[] = [
+  0.001,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+];
 
 /**
  * The memory store's figures as plain numbers, updated by the store and
@@ -122,7 +127,7 @@ export class Metrics implements Disposable {
    * `http_requests_total{method,endpoint,status}` and
    * `http_request_duration_seconds{method,endpoint}`, read at scrape time.
    */
-  readonly http: HttpStats = new HttpStats();
+  readonly http: HttpStats = new HttpStats(HTTP_DURATION_BUCKETS);
   /** `websocket_errors_total{error_type}`. */
   readonly errors: Counter<"error_type">;
   /** `app_startup_time_seconds`. */
