@@ -24,11 +24,23 @@ import { LISTENER_ERROR_REASONS, runtimeVersion } from "../platform.ts";
 import { closeCodeLabel, ERROR_TYPES } from "../sessions/refusals.ts";
 import { VERSION } from "../version.ts";
 import { CollectedHistogram, CollectedHistogramFamily } from "./collector.ts";
-import { ConnectionStats, HttpStats } from "./event_stats.ts";
+import {
+  ConnectionStats,
+  HttpStats,
+  PendingCounts,
+  type RouteFigures,
+} from "./event_stats.ts";
 import { FrameStats, MESSAGE_DURATION_BUCKETS } from "./frame_stats.ts";
 import { LoopLagMonitor, registerProcessMetrics } from "./process_metrics.ts";
 
-export { ConnectionStats, FrameStats, HttpStats, MESSAGE_DURATION_BUCKETS };
+export {
+  ConnectionStats,
+  FrameStats,
+  HttpStats,
+  MESSAGE_DURATION_BUCKETS,
+  PendingCounts,
+  type RouteFigures,
+};
 
 /** Close codes exported from the start at 0. */
 const COMMON_CLOSE_CODES = ["1000", "1001", "1006"];
